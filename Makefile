@@ -1,0 +1,33 @@
+# The front door. Every target sets itself up: venv, install, data.
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip -q
+PROFILE ?= cpu
+STAMP   := .venv/.installed
+
+.PHONY: install data test reproduce bench clean
+
+install: $(STAMP)
+
+# Re-install only when the dependency list or the pins change (idempotent).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+data: install
+	$(PY) scripts/fetch_data.py --root data
+
+# CPU only, offline, fixture data made by the tests.
+test: install
+	WANDB_MODE=disabled HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 CUDA_VISIBLE_DEVICES= \
+		$(PY) -m pytest -n 2 tests
+
+reproduce: install data
+	WANDB_MODE=disabled $(PY) scripts/reproduce.py --profile $(PROFILE)
+
+bench: install
+	$(PY) scripts/bench_training.py
+	$(PY) scripts/bench_decompose.py
+
+clean:
+	rm -rf runs outputs multirun .pytest_cache

@@ -1,0 +1,131 @@
+"""What an analysis gets: one run directory loaded once, with its decomposition computed once and cached.
+
+The per-class decomposition is stored in <run>/analysis/decomposition.safetensors, keyed by the hash of
+the weights, so several analyses (and several ``python -m analyze`` calls) share it. Before it is
+handed out it is checked against the model's own logits on the test set (claim C1, DESIGN principle 3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file, save_file
+
+from bilinear import checkpoint
+from bilinear.config import resolve_device
+from bilinear.decompose import BilinearForm, Eigen, decompose_outputs, exactness, reconstruct
+from bilinear.errors import CheckpointError, ExactnessError
+
+DECOMPOSITION = "decomposition.safetensors"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class RunContext:
+    """A run directory opened for analysis. Everything heavy is computed lazily, at most once."""
+
+    def __init__(self, run_dir: Path, cfg: DictConfig):
+        self.run_dir = Path(run_dir)
+        self.cfg = cfg  # the analyze config
+        self.run_cfg = checkpoint.load_config(self.run_dir)
+        if cfg.get("data_root"):
+            OmegaConf.update(self.run_cfg, "data.root", cfg.data_root, force_add=True)
+        self.kind: str = self.run_cfg.task.get("kind", "unknown")
+        self.device = resolve_device(cfg.get("device", "cpu"))
+        self.analysis_dir = self.run_dir / "analysis"
+        self.shared_metrics: dict[str, Any] = {}
+        self.model  # noqa: B018 - load now so a bad checkpoint fails before any analysis starts
+
+    @cached_property
+    def model(self) -> torch.nn.Module:
+        try:
+            model = instantiate(self.run_cfg.model)
+        except Exception as e:  # noqa: BLE001 - a config that cannot build its model is a bad checkpoint
+            raise CheckpointError(f"{self.run_dir}: config cannot build its model ({e.__class__.__name__}: {e})") from None
+        checkpoint.load_weights(self.run_dir / checkpoint.WEIGHTS, model)
+        return model.to(self.device).eval()
+
+    @cached_property
+    def metrics(self) -> dict[str, Any]:
+        """The run's training metrics (metrics.json)."""
+        return checkpoint.read_json(self.run_dir / checkpoint.METRICS)
+
+    @cached_property
+    def image_data(self):
+        """The run's dataset (ImageData) on the analysis device, with the run's own subsetting."""
+        from bilinear.tasks.image import load_data
+
+        return load_data(self.run_cfg, self.device)
+
+    @cached_property
+    def form(self) -> BilinearForm:
+        """The model's bilinear weights in float64 (the decomposition space is the embedding's output)."""
+        return self.model.bilinear_form().to(dtype=torch.float64)
+
+    @cached_property
+    def class_eigen(self) -> Eigen:
+        """Eigendecomposition of Q_c for every class c (output direction = unit vector e_c), checked exact."""
+        eig = self._cached_eigen()
+        if eig is None:
+            eig = decompose_outputs(self.form, torch.eye(self.form.n_outputs, dtype=torch.float64, device=self.device))
+            self._save_eigen(eig)
+        self._check_exactness(eig)
+        return eig
+
+    def _cached_eigen(self) -> Eigen | None:
+        path = self.analysis_dir / DECOMPOSITION
+        if not path.exists():
+            return None
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                if (f.metadata() or {}).get("weights_sha256") != self._weights_hash:
+                    return None
+            t = load_file(str(path), device=str(self.device))
+        except Exception:  # noqa: BLE001 - a broken cache is recomputed, never trusted
+            return None
+        return Eigen(t["values"], t["vectors"], t.get("input_vectors"))
+
+    def _save_eigen(self, eig: Eigen) -> None:
+        tensors = {"values": eig.values, "vectors": eig.vectors}
+        if eig.input_vectors is not None:
+            tensors["input_vectors"] = eig.input_vectors
+        with checkpoint.atomic_path(self.analysis_dir / DECOMPOSITION) as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp),
+                      metadata={"weights_sha256": self._weights_hash})
+
+    @cached_property
+    def _weights_hash(self) -> str:
+        return file_sha256(self.run_dir / checkpoint.WEIGHTS)
+
+    def _check_exactness(self, eig: Eigen) -> None:
+        """Logits of the model against sum_i lambda_i (v_i . z)^2 on the real test set (claim C1)."""
+        x = self.image_data.test_x
+        preds, actual = [], []
+        with torch.no_grad():
+            for i in range(0, len(x), 1024):
+                xb = x[i : i + 1024]
+                actual.append(self.model(xb).double())
+                preds.append(reconstruct(eig, self.form.to_z(xb)))
+        err = exactness(torch.cat(preds), torch.cat(actual))
+        self.shared_metrics.update({"exactness_max_abs_error": err["max_abs_error"],
+                                    "exactness_rel_error": err["rel_error"], "exactness_n_inputs": len(x)})
+        tol = self.cfg.get("exactness_tol", 1e-4)
+        if err["rel_error"] > tol:
+            raise ExactnessError(
+                f"{self.run_dir}: decomposition does not reproduce the logits (relative error "
+                f"{err['rel_error']:.2e} > {tol:.0e}); refusing to analyse"
+            )

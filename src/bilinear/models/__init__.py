@@ -1,0 +1,1 @@
+"""Models. Each model that the maths can read exposes ``bilinear_form()`` (see ``bilinear.decompose``)."""

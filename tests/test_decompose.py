@@ -1,0 +1,154 @@
+"""Property tests of the maths (PAPER.md §1) on random weights, embeddings and biases."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bilinear.decompose import (
+    BilinearForm,
+    canonical_sign,
+    decompose_outputs,
+    eigendecompose,
+    effective_rank,
+    hosvd,
+    interaction_matrices,
+    output_tensor,
+    reconstruct,
+    reexpress,
+    symmetrize,
+)
+from bilinear.models.image import ImageClassifier
+
+dims = st.integers(min_value=1, max_value=9)
+seeds = st.integers(min_value=0, max_value=2**31 - 1)
+
+
+def random_form(seed: int, d: int, h: int, o: int, n: int | None = None, bias: bool = False) -> BilinearForm:
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    if bias:
+        n = n or d
+        E = torch.zeros(d + 1, n + 1, dtype=torch.float64)
+        E[:d, :n], E[:d, n], E[d, n] = r(d, n), r(d), 1.0
+        return BilinearForm(r(h, d + 1), r(h, d + 1), r(o, h), embed=E, const=r(o), homogeneous=True)
+    return BilinearForm(r(h, d), r(h, d), r(o, h), embed=None if n is None else r(d, n))
+
+
+def naive_tensor(form: BilinearForm) -> torch.Tensor:
+    """B_o = sum_h P_oh w_h v_h^T, materialized, unsymmetrized: the definition, for comparison."""
+    return torch.einsum("oh,hi,hj->oij", form.P, form.W, form.V)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, d=dims, h=dims, o=dims, k=st.integers(1, 5))
+def test_interaction_matrix_matches_definition_and_output(seed, d, h, o, k):
+    form = random_form(seed, d, h, o)
+    U = torch.randn(k, o, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    Q = interaction_matrices(form, U, chunk=2)  # small chunks exercise the batching
+    expected = symmetrize(torch.einsum("ko,oij->kij", U, naive_tensor(form)))
+    torch.testing.assert_close(Q, expected)
+    torch.testing.assert_close(Q, Q.transpose(-1, -2))
+    x = torch.randn(7, d, generator=torch.Generator().manual_seed(seed + 2), dtype=torch.float64)
+    torch.testing.assert_close(torch.einsum("ni,kij,nj->nk", x, Q, x), form.forward(x) @ U.T)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=seeds, d=dims, h=dims, o=dims, n=dims, bias=st.booleans())
+def test_reconstruction_equals_forward_with_embedding_and_biases(seed, d, h, o, n, bias):
+    form = random_form(seed, d, h, o, n=n, bias=bias)
+    x = torch.rand(11, n, generator=torch.Generator().manual_seed(seed + 3), dtype=torch.float64)
+    eig = decompose_outputs(form, torch.eye(o, dtype=torch.float64))
+    torch.testing.assert_close(reconstruct(eig, form.to_z(x)), form.forward(x))
+    # the pixel-space vectors E^T v are not orthonormal, but the identity still holds (PAPER.md §1)
+    via_input = (torch.einsum("nm,crm->ncr", form.lift(x), eig.input_vectors).square() * eig.values).sum(-1)
+    torch.testing.assert_close(via_input, form.forward(x))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=seeds, bias=st.booleans())
+def test_image_model_form_reproduces_its_logits(seed, bias):
+    torch.manual_seed(seed)
+    model = ImageClassifier(d_input=12, d_hidden=6, n_classes=3, bias=bias).double()
+    x = torch.rand(9, 12, dtype=torch.float64)
+    form = model.bilinear_form()
+    eig = decompose_outputs(form, torch.eye(3, dtype=torch.float64))
+    torch.testing.assert_close(reconstruct(eig, form.to_z(x)), model(x).detach())
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, d=dims)
+def test_antisymmetric_part_contributes_nothing(seed, d):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(d, d, generator=g, dtype=torch.float64)
+    anti = A - A.T
+    x = torch.randn(5, d, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(torch.einsum("ni,ij,nj->n", x, anti, x), torch.zeros(5, dtype=torch.float64))
+    # and eigendecompose sees only the symmetric part: adding an antisymmetric matrix changes nothing
+    S = symmetrize(A)
+    e1, e2 = eigendecompose(S[None]), eigendecompose((S + anti)[None])
+    torch.testing.assert_close(e1.values, e2.values)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, d=st.integers(2, 10))
+def test_ordering_by_magnitude_and_canonical_sign(seed, d):
+    g = torch.Generator().manual_seed(seed)
+    Q = symmetrize(torch.randn(3, d, d, generator=g, dtype=torch.float64))
+    eig = eigendecompose(Q)
+    mags = eig.values.abs()
+    assert (mags[:, :-1] >= mags[:, 1:] - 1e-12).all(), "top means largest |lambda| first"
+    # largest-|entry| of every eigenvector is positive
+    idx = eig.vectors.abs().argmax(-1, keepdim=True)
+    assert (torch.gather(eig.vectors, -1, idx) > 0).all()
+    # orthonormal rows that rebuild Q
+    torch.testing.assert_close(eig.vectors @ eig.vectors.transpose(-1, -2), torch.eye(d, dtype=torch.float64).expand(3, d, d))
+    torch.testing.assert_close(torch.einsum("kr,kri,krj->kij", eig.values, eig.vectors, eig.vectors), Q)
+    # the decomposition of -v is the same: flipping a sign and re-canonicalising gives the same vectors
+    flipped = -eig.vectors
+    torch.testing.assert_close(flipped * canonical_sign(flipped).unsqueeze(-1), eig.vectors)
+
+
+def test_positive_and_negative_selection_is_not_by_magnitude():
+    Q = torch.diag(torch.tensor([-5.0, 3.0, 1.0, -0.5], dtype=torch.float64))[None]
+    eig = eigendecompose(Q)
+    assert eig.values[0].tolist() == [-5.0, 3.0, 1.0, -0.5]
+    _, pos = eig.positive(2)
+    _, neg = eig.negative(1)
+    assert pos[0].tolist() == [3.0, 1.0] and neg[0].tolist() == [-5.0]
+
+
+def test_truncation_keeps_top_k_by_magnitude():
+    Q = torch.diag(torch.tensor([-5.0, 3.0, 0.1], dtype=torch.float64))[None]
+    eig = eigendecompose(Q)
+    z = torch.ones(1, 3, dtype=torch.float64)
+    assert reconstruct(eig, z, k=1).item() == -5.0
+    assert abs(reconstruct(eig, z, k=2).item() - (-2.0)) < 1e-12
+
+
+@given(k=st.integers(1, 20), value=st.floats(0.1, 100))
+def test_effective_rank_counts_equal_nonzeros(k, value):
+    z = torch.zeros(30, dtype=torch.float64)
+    z[:k] = value
+    assert abs(effective_rank(z).item() - k) < 1e-9
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=seeds, d=dims, h=dims, o=dims)
+def test_hosvd_reconstructs_tensor_with_symmetric_factors(seed, d, h, o):
+    B = output_tensor(random_form(seed, d, h, o))
+    f = hosvd(B)
+    torch.testing.assert_close(f.reconstruct(), B)
+    live = f.S > 1e-9 * f.S.max()  # directions with zero singular value are arbitrary, not symmetric
+    torch.testing.assert_close(f.Q[live], f.Q[live].transpose(-1, -2))
+    assert (f.S[:-1] >= f.S[1:] - 1e-12).all()
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=seeds, d=dims, h=dims, o=st.integers(1, 4))
+def test_reexpress_in_an_overcomplete_basis(seed, d, h, o):
+    B = output_tensor(random_form(seed, d, h, o))
+    U = torch.randn(o + 2, o, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    Q, Uinv = reexpress(B, U)
+    torch.testing.assert_close(torch.einsum("ok,kij->oij", Uinv, Q), B)
