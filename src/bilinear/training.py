@@ -60,6 +60,7 @@ def fit(task: Task, cfg: DictConfig, run_dir: Path, logger: Logger, device: torc
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tcfg.schedule, total, tcfg.warmup_steps))
     history: list[dict[str, Any]] = []
     start, train_seconds = 0, 0.0
+    resumed_seconds = 0.0  # seconds already spent before a resume: throughput counts this session only
 
     state_path = run_dir / checkpoint.TRAIN_STATE
     if tcfg.resume and state_path.exists():
@@ -68,6 +69,7 @@ def fit(task: Task, cfg: DictConfig, run_dir: Path, logger: Logger, device: torc
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, train_seconds = int(state["step"]), float(state["train_seconds"])
+        resumed_seconds = train_seconds
         history = checkpoint.read_json(run_dir / "history.json") if (run_dir / "history.json").exists() else []
 
     eval_every = task.eval_every_steps
@@ -75,7 +77,9 @@ def fit(task: Task, cfg: DictConfig, run_dir: Path, logger: Logger, device: torc
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and tcfg.get("bf16", False) else nullcontext()
     )
     running: dict[str, float] = {}
-    count = 0
+    count, window_seconds = 0, 0.0
+    tokens_per_step = getattr(task, "tokens_per_step", None)  # LM tasks: report throughput in tokens/s
+    stop_after = tcfg.get("stop_after_steps")  # stop early with a checkpoint; train.resume=true continues
     bar = tqdm(range(start, total), initial=start, total=total, desc=cfg.task.name, dynamic_ncols=True, leave=False,
                disable=not tcfg.get("progress", True))
     model.train()
@@ -87,10 +91,9 @@ def fit(task: Task, cfg: DictConfig, run_dir: Path, logger: Logger, device: torc
             loss, stats = task.loss(model, batch, gen)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
-            raise TrainingError(
-                f"loss became {loss_value} at step {step}; stopped. The last good checkpoint in {run_dir} is intact "
-                f"(try a lower train.lr)"
-            )
+            kept = (f"the last good checkpoint in {run_dir} is intact" if state_path.exists()
+                    else "no checkpoint was written (set train.checkpoint_every to keep one)")
+            raise TrainingError(f"loss became non-finite ({loss_value}) at step {step}; stopped, {kept}; try a lower train.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if tcfg.grad_clip:
@@ -98,7 +101,9 @@ def fit(task: Task, cfg: DictConfig, run_dir: Path, logger: Logger, device: torc
         optimizer.step()
         scheduler.step()
         task.after_step(step)
-        train_seconds += time.perf_counter() - t0
+        step_seconds = time.perf_counter() - t0
+        train_seconds += step_seconds
+        window_seconds += step_seconds
 
         count += 1
         for k, v in {"loss": loss_value, **stats}.items():
@@ -108,19 +113,27 @@ def fit(task: Task, cfg: DictConfig, run_dir: Path, logger: Logger, device: torc
             row = {"step": done, "epoch": done / task.steps_per_epoch, "lr": scheduler.get_last_lr()[0],
                    "train_seconds": train_seconds}
             row.update({f"train_{k}": v / count for k, v in running.items()})
+            if tokens_per_step:
+                row["tokens_per_s"] = tokens_per_step * count / max(window_seconds, 1e-9)
             row.update(task.evaluate(model))
             model.train()
             history.append(row)
             logger.log(row, step=done)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", "train_acc", "test_loss", "test_acc", "val_loss")})
-            running, count = {}, 0
-        if tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0 and done < total:
+            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k in ("train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "tokens_per_s")})
+            running, count, window_seconds = {}, 0, 0.0
+        stopping = bool(stop_after) and done >= stop_after and done < total
+        if (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0 and done < total) or stopping:
             _save_progress(run_dir, task, optimizer, scheduler, done, train_seconds, history)
+        if stopping:
+            bar.close()
+            return {"stopped_at_step": done, "complete": False}
     bar.close()
 
     metrics = task.final_metrics(model)
     epochs = total / task.steps_per_epoch
     metrics.update({"steps": total, "train_seconds": train_seconds, "seconds_per_epoch": train_seconds / max(epochs, 1e-9)})
+    if tokens_per_step:
+        metrics["tokens_per_s"] = tokens_per_step * (total - start) / max(train_seconds - resumed_seconds, 1e-9)
     checkpoint.save_weights(run_dir / checkpoint.WEIGHTS, model)
     checkpoint.write_csv(run_dir / checkpoint.HISTORY, history)
     if state_path.exists():
