@@ -98,11 +98,9 @@ def interaction_matrices(form: BilinearForm, U: Tensor, chunk: int = 64) -> Tens
     coeff = U @ form.P  # (k, h): the diagonal of diag(P^T u) for every u
     d = form.d
     out = torch.empty(U.shape[0], d, d, dtype=form.W.dtype, device=form.W.device)
-    WT = form.W.T  # (d, h)
     for start in range(0, U.shape[0], chunk):
-        c = coeff[start : start + chunk]  # (m, h)
-        # W^T diag(c) V for each row of c, as one batched matmul: (m, d, h) @ (h, d)
-        block = (WT.unsqueeze(0) * c.unsqueeze(1)) @ form.V
+        # W^T diag(c) V for each row c: one contraction over the hidden units, (m, d, d)
+        block = torch.einsum("hd,mh,he->mde", form.W, coeff[start : start + chunk], form.V)
         out[start : start + chunk] = symmetrize(block)
     if form.const is not None:
         out[:, -1, -1] += U @ form.const
@@ -250,3 +248,48 @@ def exactness(predicted: Tensor, actual: Tensor) -> dict[str, float]:
     err = (predicted.double() - actual.double()).abs().max().item()
     scale = actual.double().abs().max().item()
     return {"max_abs_error": err, "rel_error": err / max(scale, 1e-30)}
+
+
+def bias_interactions(form: BilinearForm, Q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Split interaction matrices of a homogeneous form into input, bias-interaction and constant parts.
+
+    With x' = [x, 1] and z = E' x', ``z^T Q z = x^T A x + b . x + c`` (PAPER.md §1 "Biases", E5's bias image):
+        A = (E'^T Q E')[:n, :n]       (k, n, n) the input-input interactions
+        b = 2 (E'^T Q E')[:n, n]      (k, n)    the bias's interaction with each input (the "bias image")
+        c = (E'^T Q E')[n, n]         (k,)      the constant
+    Q: (k, d, d) in the decomposition space. Never builds more than (k, n, n).
+    """
+    if not form.homogeneous:
+        raise ValueError("bias interactions need a form with biases folded in (homogeneous=True)")
+    E = form.embed if form.embed is not None else torch.eye(form.d, dtype=Q.dtype, device=Q.device)
+    E = E.to(Q.dtype)
+    QE1 = Q @ E[:, -1]  # (k, d): Q applied to the image of the constant coordinate
+    A = symmetrize(E[:, :-1].T @ Q @ E[:, :-1])
+    return A, 2 * QE1 @ E[:, :-1], (QE1 * E[:, -1]).sum(-1)
+
+
+def pseudoinverse_keys(vectors: Tensor) -> Tensor:
+    """Keys for a stack of vectors (r, n), r <= n: rows K (r, n) with ``K_i . vectors_j = delta_ij``.
+
+    PAPER.md E6: the rows of the pseudoinverse of the matrix whose columns are the vectors. Adding ``s K_i``
+    to an input moves the activation ``vectors_i . x`` by s and leaves every other stacked one unchanged.
+    """
+    return torch.linalg.pinv(vectors.T)
+
+
+def abs_cosine(A: Tensor, B: Tensor, eps: float = 1e-30) -> Tensor:
+    """Sign-invariant similarity of paired vectors: ``|cos(A_i, B_i)|`` over the last dim.
+
+    A, B: (..., n) broadcastable -> (...). Eigenvectors are defined up to sign (PAPER.md §1), so
+    comparisons between runs (E4, Fig 5) must not depend on it; |cos| is invariant under v -> -v.
+    """
+    A, B = torch.broadcast_tensors(A, B.to(A.dtype))
+    num = (A * B).sum(-1).abs()
+    return num / (A.norm(dim=-1) * B.norm(dim=-1)).clamp_min(eps)
+
+
+def abs_cosine_matrix(A: Tensor, B: Tensor, eps: float = 1e-30) -> Tensor:
+    """All-pairs sign-invariant similarity between two vector sets: A (..., r, n), B (..., s, n) -> (..., r, s)."""
+    An = A / A.norm(dim=-1, keepdim=True).clamp_min(eps)
+    Bn = B.to(A.dtype) / B.norm(dim=-1, keepdim=True).clamp_min(eps)
+    return (An @ Bn.transpose(-1, -2)).abs()

@@ -26,7 +26,7 @@ class WandbLogger(Logger):
         try:
             import wandb
         except ImportError:
-            raise ConfigError("logger=wandb needs the wandb package: pip install -c constraints.txt -e '.[wandb]'") from None
+            raise ConfigError("logger=wandb needs the wandb package: make install") from None
         mode = cfg.logger.mode or os.environ.get("WANDB_MODE", "offline")
         self.run = wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, mode=mode, dir=str(run_dir),
                               name=run_dir.name, config=OmegaConf.to_container(cfg, resolve=True))
