@@ -84,6 +84,8 @@ SPECS: dict[str, DatasetSpec] = {
     ),
 }
 CACHE_NAME = ".verified.json"
+# Image datasets that are not IDX files: name -> "module:function(root, verify) -> ImageData".
+OTHER_LOADERS: dict[str, str] = {"cifar10": "bilinear.data.cifar:load_cifar10"}
 
 
 @dataclass
@@ -130,7 +132,13 @@ def load_image_dataset(name: str, root: str | os.PathLike, verify: bool = True) 
     verify=True checks checksums against the published files and the full 60000/10000 sizes.
     verify=False (small fixtures) skips both but still checks 28x28 images, label range and that
     images and labels agree in count. Raises DataError on any defect, ConfigError on an unknown name.
+    Datasets in other formats (``OTHER_LOADERS``, e.g. CIFAR-10) are handed to their own module.
     """
+    if name in OTHER_LOADERS:
+        import importlib
+
+        module, fn = OTHER_LOADERS[name].split(":")
+        return getattr(importlib.import_module(module), fn)(root, verify)
     spec = get_spec(name)
     folder = Path(root) / name
     files = find_files(folder)

@@ -82,7 +82,7 @@ class ImageTask:
 
     def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor], generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         x, y = batch
-        logits = model(x)
+        logits = model(x, generator=generator)  # the step's generator drives E7's hidden noise / dropout
         loss = F.cross_entropy(logits.float(), y)
         return loss, {"acc": (logits.argmax(-1) == y).float().mean().item()}
 
