@@ -69,6 +69,27 @@ class RunContext:
 
         return load_data(self.run_cfg, self.device)
 
+    # --- language-model runs (task kind "lm") ---------------------------------------------------------
+    @cached_property
+    def tokenizer(self):
+        """The run's own tokenizer (<run>/tokenizer.json), so decoding needs no corpus."""
+        from bilinear.data.tokenizer import load_tokenizer
+
+        return load_tokenizer(self.run_dir)
+
+    @cached_property
+    def token_data(self):
+        """The run's token cache (held-out tokens in ``.val``); refused if made with another tokenizer."""
+        from bilinear.data.tokenizer import tokenizer_sha256
+        from bilinear.errors import DataError
+        from bilinear.tasks.lm import load_tokens
+
+        data = load_tokens(self.run_cfg, log=lambda *_: None)
+        if data.tokenizer_sha256 != tokenizer_sha256(self.tokenizer):
+            raise DataError(f"token cache {data.dir} was made with a different tokenizer than {self.run_dir}'s "
+                            f"tokenizer.json; pass data_root=<the run's data root> or delete the cache")
+        return data
+
     @cached_property
     def form(self) -> BilinearForm:
         """The model's bilinear weights in float64 (the decomposition space is the embedding's output)."""
