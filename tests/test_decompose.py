@@ -152,3 +152,48 @@ def test_reexpress_in_an_overcomplete_basis(seed, d, h, o):
     U = torch.randn(o + 2, o, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     Q, Uinv = reexpress(B, U)
     torch.testing.assert_close(torch.einsum("ok,kij->oij", Uinv, Q), B)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, d=dims, h=dims, o=dims, n=dims)
+def test_bias_interactions_split_the_homogeneous_form(seed, d, h, o, n):
+    """x^T A x + b.x + c equals every output of a form with an embedding and biases folded in."""
+    from bilinear.decompose import bias_interactions
+
+    form = random_form(seed, d, h, o, n=n, bias=True)
+    x = torch.randn(7, n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    A, b, c = bias_interactions(form, output_tensor(form))
+    pred = torch.einsum("ni,oij,nj->no", x, A, x) + x @ b.T + c
+    assert torch.allclose(pred, form.forward(x), atol=1e-9 * (1 + form.forward(x).abs().max()))
+    assert torch.allclose(A, A.transpose(-1, -2))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, r=st.integers(1, 6), extra=st.integers(0, 10))
+def test_pseudoinverse_keys_activate_only_their_own_vector(seed, r, extra):
+    from bilinear.decompose import pseudoinverse_keys
+
+    vecs = torch.randn(r, r + extra, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    keys = pseudoinverse_keys(vecs)
+    assert keys.shape == vecs.shape
+    assert torch.allclose(keys @ vecs.T, torch.eye(r, dtype=torch.float64), atol=1e-8)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=seeds, r=st.integers(1, 6), n=st.integers(2, 12))
+def test_abs_cosine_is_sign_and_permutation_invariant(seed, r, n):
+    """|cos| (E4 consistency) is 1 for the same vectors with flipped signs, matches the matrix form, lies in [0, 1]."""
+    from bilinear.decompose import abs_cosine, abs_cosine_matrix
+
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(r, n, dtype=torch.float64, generator=g)
+    B = torch.randn(r, n, dtype=torch.float64, generator=g)
+    signs = torch.where(torch.rand(r, 1, generator=g) < 0.5, -1.0, 1.0).to(torch.float64)
+    torch.testing.assert_close(abs_cosine(A, signs * 3.0 * A), torch.ones(r, dtype=torch.float64))
+    sim = abs_cosine(A, B)
+    assert ((sim >= 0) & (sim <= 1 + 1e-12)).all()
+    torch.testing.assert_close(abs_cosine(signs * A, B), sim)
+    M = abs_cosine_matrix(A, B)
+    torch.testing.assert_close(M.diagonal(), sim)
+    perm = torch.randperm(r, generator=g)
+    torch.testing.assert_close(abs_cosine_matrix(A, -B[perm]), M[:, perm])

@@ -44,14 +44,15 @@ def vector_image(ax, v, image_shape: Sequence[int], title: str | None = None, ou
         ax.set_title(title, fontsize=8)
 
 
-def vector_grid(vectors, image_shape, titles: Sequence[str], ncols: int, suptitle: str | None = None, scale: float = 1.6):
-    """A figure of pixel-space vectors (k, n) laid out in rows of ``ncols``."""
+def vector_grid(vectors, image_shape, titles: Sequence[str], ncols: int, suptitle: str | None = None, scale: float = 1.6,
+                outline=None):
+    """A figure of pixel-space vectors (k, n) laid out in rows of ``ncols``; ``outline`` (H, W) as in vector_image."""
     k = len(titles)
     nrows = int(np.ceil(k / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(scale * ncols, scale * nrows + 0.3), squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i < k:
-            vector_image(ax, vectors[i], image_shape, titles[i])
+            vector_image(ax, vectors[i], image_shape, titles[i], outline=outline)
         else:
             ax.axis("off")
     if suptitle:
@@ -72,6 +73,37 @@ def eigenvalue_bars(ax, values, n: int = 20, title: str | None = None) -> None:
     ax.legend(fontsize=7)
     if title:
         ax.set_title(title, fontsize=9)
+
+
+def heatmap(ax, matrix, row_labels: Sequence, col_labels: Sequence, title: str | None = None, fmt: str = "{:.2g}",
+            xlabel: str | None = None, ylabel: str | None = None, cmap: str = "viridis", vmin: float | None = None,
+            vmax: float | None = None) -> None:
+    """A (rows, cols) matrix with every cell's value written in it (Appendix E heatmaps, Appendix F matrix)."""
+    m = to_numpy(matrix)
+    im = ax.imshow(m, cmap=cmap, aspect="auto", vmin=vmin, vmax=vmax)
+    ax.set_xticks(range(len(col_labels)), [str(c) for c in col_labels], fontsize=7)
+    ax.set_yticks(range(len(row_labels)), [str(r) for r in row_labels], fontsize=7)
+    finite = m[np.isfinite(m)]
+    lo = finite.min() if vmin is None and finite.size else (vmin or 0)
+    hi = finite.max() if vmax is None and finite.size else (vmax or 0)
+    mid = (lo + hi) / 2
+    for (i, j), v in np.ndenumerate(m):
+        if np.isfinite(v):
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=6, color="w" if v < mid else "k")
+    ax.figure.colorbar(im, ax=ax, fraction=0.046)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=9)
+
+
+def line_band(ax, x, mean, lo=None, hi=None, label: str | None = None, **kw) -> None:
+    """A curve with an optional shaded band between lo and hi (confidence bands over seeds, Fig 5)."""
+    line, = ax.plot(to_numpy(x), to_numpy(mean), label=label, **kw)
+    if lo is not None and hi is not None:
+        ax.fill_between(to_numpy(x), to_numpy(lo), to_numpy(hi), color=line.get_color(), alpha=0.2, linewidth=0)
 
 
 def save(fig, path: str | Path, dpi: int = 110) -> Path:

@@ -4,6 +4,9 @@ Proxies for "looks like the class" (absolute cosines, because an eigenvector's s
   - |cos| with the class-mean training image. Any mostly-positive blob scores high on this one, so also
   - |cos| with the CENTERED class mean (class mean minus the mean of all images), which is class-specific,
     and whether the eigenvector is closer to its own centered class mean than to any other class's.
+  - selectivity: the eigenvector's activation (v . x)^2 averaged over the test images of each class. A
+    top eigenvector that reads its own class responds most to that class. Sign-free, and fair to signed
+    stroke detectors that no mean image resembles.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 
 from bilinear import checkpoint, plots
 from bilinear.analyses import register
+from bilinear.report import Results, Row, claim
 
 
 @register("eigenvectors", kinds=("image",))
@@ -29,6 +33,13 @@ def eigenvectors(ctx, out: Path) -> dict:
     cos_centered = cos_all.diagonal()
     own_best = (cos_all.argmax(-1) == torch.arange(len(idx), device=cos_all.device)).float()
 
+    # selectivity: mean (v_c . x)^2 over the test images of each class k -> (eig class c, image class k)
+    tx, ty = data.test_x.to(top.dtype), data.test_y
+    proj2 = (tx @ top.T).square()  # (N, classes)
+    resp = torch.stack([proj2[ty == k].mean(0) for k in range(len(idx))], dim=1)  # (c, k)
+    own_resp = (resp.argmax(-1) == torch.arange(len(idx), device=resp.device)).float()
+    selectivity = resp.diagonal() / resp.mean(-1)
+
     titles = [f"{name}  λ={vals[c, 0]:.2g}\n|cos| centered mean {cos_centered[c]:.2f}" for c, name in enumerate(data.classes)]
     fig = plots.vector_grid(top, data.image_shape, titles, ncols=5,
                             suptitle=f"{ctx.run_cfg.task.name}: top positive eigenvector per class")
@@ -37,6 +48,39 @@ def eigenvectors(ctx, out: Path) -> dict:
               "cos_centered_class_mean": dict(zip(data.classes, cos_centered.tolist())),
               "cos_centered_class_mean_avg": cos_centered.mean().item(),
               "fraction_closest_to_own_class": own_best.mean().item(),
-              "top_positive_eigenvalue": dict(zip(data.classes, vals[:, 0].tolist()))}
+              "top_positive_eigenvalue": dict(zip(data.classes, vals[:, 0].tolist())),
+              "selectivity": dict(zip(data.classes, selectivity.tolist())), "selectivity_avg": selectivity.mean().item(),
+              "fraction_most_active_on_own_class": own_resp.mean().item()}
     checkpoint.write_json(out / "eigenvectors.json", result)
     return result
+
+
+@claim("C3")
+def eigenvectors_claim(res: Results) -> Row | None:
+    paper = ("MNIST: class-specific strokes/prototypes; Fashion-MNIST: localized edge detectors. "
+             "Proxy: cosine of the top eigenvector with the class mean")
+    parts, figs, own = [], [], {}
+    for exp in ("mnist", "fmnist"):
+        m = (res.analysis(exp) or {}).get("eigenvectors")
+        if not m:
+            continue
+        parts.append(f"{exp}: |cos| with class mean {m['cos_class_mean_avg']:.2f}, with centered class mean "
+                     f"{m['cos_centered_class_mean_avg']:.2f}; closest to its own class's centered mean for "
+                     f"{100 * m['fraction_closest_to_own_class']:.0f}% of classes")
+        if "selectivity_avg" in m:
+            parts[-1] += (f"; most active on its own class's test images for {100 * m['fraction_most_active_on_own_class']:.0f}% "
+                          f"of classes (own-class activation / mean over classes {m['selectivity_avg']:.2f})")
+        own[exp] = m.get("fraction_most_active_on_own_class", m["fraction_closest_to_own_class"])
+        f = res.figure(exp, "main", "analysis", "eigenvectors", "top_eigenvectors.png")
+        if f:
+            figs.append(f)
+    if not parts:
+        return None
+    good = own.get("mnist", 0) >= 0.8
+    verdict = ("reproduced (proxy; see figures)" if good else "partly (proxy; see figures)" if own.get("mnist", 0) >= 0.5
+               else "NOT reproduced (proxy)")
+    return Row("C3", paper, "; ".join(parts), verdict, figures=figs,
+               notes="The class-mean cosine rewards any mostly-positive blob, and signed stroke detectors resemble no "
+                     "mean image, so the verdict uses selectivity: whether each class's top positive eigenvector responds "
+                     "((v·x)², mean over test images) most to its own class. The cosines with the class mean and the "
+                     "centered class mean are reported beside it. The Fashion-MNIST edge-detector claim is judged from the figure.")
