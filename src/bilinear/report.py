@@ -100,9 +100,9 @@ def exactness_claim(res: Results) -> Row | None:
             m = res.analysis(exp, run) or {}
             if "exactness_rel_error" in m:
                 errs.append((m["exactness_rel_error"], m["exactness_max_abs_error"], f"{exp}/{run}"))
-            for k, v in m.items():  # LM analyses report their own exactness block
-                if isinstance(v, dict) and "exactness_rel_error" in v:
-                    errs.append((v["exactness_rel_error"], v.get("exactness_max_abs_error", float("nan")), f"{exp}/{run}/{k}"))
+            lm = m.get("lm_exactness") or {}  # u.MLP_l(x) against x^T Q_u x on real mlp_in activations
+            if lm.get("applicable"):
+                errs.append((lm["rel_error"], lm["max_abs_error"], f"{exp}/{run} (LM, every layer)"))
     if not errs:
         return None
     worst = max(errs)
@@ -151,8 +151,8 @@ def write_report(results_dir: Path) -> Path:
         "",
         f"Profile **{status.get('profile', '?')}** (scale `{status.get('scale', '?')}`), built by `make reproduce"
         f"{'' if status.get('profile') == 'cpu' else ' PROFILE=' + str(status.get('profile'))}` in "
-        f"{status.get('experiments', {}).get('_total_seconds', '?')} s on {platform.machine()} with "
-        f"{torch.get_num_threads()} CPU threads, torch {torch.__version__}, no GPU."
+        f"{status.get('experiments', {}).get('_total_seconds', '?')} s (sum over experiments) on {platform.machine()} with "
+        f"{status.get('torch_threads', torch.get_num_threads())} torch thread(s) per process, torch {torch.__version__}, no GPU."
         if not torch.cuda.is_available() else f"Profile **{status.get('profile')}** on {torch.cuda.get_device_name()}.",
         "",
         "Every number below comes from the run directories whose `config.yaml` sits next to the figures under this "

@@ -136,7 +136,15 @@ def reproduce(profile: str, results_dir: Path, runs_root: Path, data_root: Path,
         print(f"[{exp_name}] {len(done_runs)} runs, {st['seconds']} s, {len(st['errors'])} errors", flush=True)
     status["_total_seconds"] = round(time.time() - t_start, 1)
     results_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_json(results_dir / "status.json", {"profile": profile, "scale": spec.scale, "experiments": status})
+    # merge with the status of earlier (partial, --only) runs of the same profile, so one experiment can be
+    # rebuilt without discarding the others' rows; experiments no longer in the profile are dropped
+    previous = read_status(results_dir)
+    if previous.get("profile") == profile:
+        kept = {k: v for k, v in previous["experiments"].items() if k in spec.experiments and k not in status}
+        status = {**kept, **status}
+        status["_total_seconds"] = round(sum(v.get("seconds", 0) for k, v in status.items() if not k.startswith("_")), 1)
+    checkpoint.write_json(results_dir / "status.json", {"profile": profile, "scale": spec.scale, "experiments": status,
+                                                       "torch_threads": os.environ.get("OMP_NUM_THREADS", "all cores")})
     shutil.copy2(project_root() / "conf" / "reproduce" / f"{profile}.yaml", results_dir / "profile.yaml")
 
     from bilinear.report import write_report
