@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 data: install
 	$(PY) scripts/fetch_data.py --root data
 
-# CPU only, offline, fixture data made by the tests.
+# CPU only, offline, fixture data made by the tests. Two workers with one torch thread each: more
+# threads than cores makes torch spin against itself (measured ~20x slower).
 test: install
-	WANDB_MODE=disabled HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 CUDA_VISIBLE_DEVICES= \
+	OMP_NUM_THREADS=1 WANDB_MODE=disabled HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 CUDA_VISIBLE_DEVICES= \
 		$(PY) -m pytest -n 2 tests
 
 reproduce: install data

@@ -70,9 +70,14 @@ def test_analyze_writes_spectra_figures_and_exactness(tiny_mnist_run: Path):
 
 
 def test_reproduce_tiny_profile_writes_report(fixture_data_root, tmp_path):
-    from bilinear.reproduce import reproduce
+    """The whole tiny profile, every experiment, so `make reproduce` cannot rot."""
+    from bilinear.reproduce import load_profile, reproduce
 
-    report = reproduce("tiny", tmp_path / "results", tmp_path / "runs", fixture_data_root, only=["mnist", "fmnist"])
+    report = reproduce("tiny", tmp_path / "results", tmp_path / "runs", fixture_data_root)
+    status = json.loads((tmp_path / "results/status.json").read_text())["experiments"]
+    for exp in load_profile("tiny").experiments:
+        assert status[exp]["errors"] == [], (exp, status[exp]["errors"])
+        assert status[exp]["runs"] and set(status[exp]["runs"].values()) == {"trained"}, exp
     text = report.read_text()
     assert "| C1 |" in text and "| C2 |" in text
     assert "reproduced" in text.split("| C1 |")[1].split("\n")[0]

@@ -7,7 +7,6 @@ handed out it is checked against the model's own logits on the test set (claim C
 
 from __future__ import annotations
 
-import hashlib
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -23,14 +22,6 @@ from bilinear.decompose import BilinearForm, Eigen, decompose_outputs, exactness
 from bilinear.errors import CheckpointError, ExactnessError
 
 DECOMPOSITION = "decomposition.safetensors"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class RunContext:
@@ -130,7 +121,7 @@ class RunContext:
 
     @cached_property
     def _weights_hash(self) -> str:
-        return file_sha256(self.run_dir / checkpoint.WEIGHTS)
+        return checkpoint.file_sha256(self.run_dir / checkpoint.WEIGHTS)
 
     def _check_exactness(self, eig: Eigen) -> None:
         """Logits of the model against sum_i lambda_i (v_i . z)^2 on the real test set (claim C1)."""

@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 
 from bilinear import checkpoint
 from bilinear.data.text_sources import SPLITS
+from bilinear.checkpoint import file_sha256
 from bilinear.data.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer, tokenizer_sha256, train_tokenizer
 from bilinear.errors import DataError
 
@@ -59,14 +60,6 @@ def cache_key(settings: dict[str, Any], vocab_size: int, tokenizer_sha: str | No
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def dtype_for(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
 
@@ -91,7 +84,7 @@ def open_cache(cache_dir: Path, verify: bool = True) -> TokenData:
         n = info.get("n_tokens")
         if not path.is_file() or n is None or path.stat().st_size != n * dtype.itemsize:
             raise DataError(f"token cache {cache_dir}: {path.name} is missing or has the wrong size (truncated?); {fix}")
-        if verify and path.stat().st_size <= VERIFY_HASH_MAX_BYTES and _file_sha256(path) != info.get("sha256"):
+        if verify and path.stat().st_size <= VERIFY_HASH_MAX_BYTES and file_sha256(path) != info.get("sha256"):
             raise DataError(f"token cache {cache_dir}: {path.name} fails its checksum (corrupt); {fix}")
         splits[split] = np.memmap(path, dtype=dtype, mode="r", shape=(n,)) if n else np.zeros(0, dtype)
     if splits["train"].size == 0 or splits["val"].size == 0:
@@ -176,7 +169,7 @@ def load_or_build(source, root: str | Path, vocab_size: int, tokenizer_path: str
     for split in SPLITS:
         path = cache_dir / f"{split}.bin"
         n = _encode_to_file(tokenizer, source.docs(split), path, dtype, max_tokens if split == "train" else None)
-        splits[split] = {"n_tokens": n, "sha256": _file_sha256(path)}
+        splits[split] = {"n_tokens": n, "sha256": file_sha256(path)}
     meta = {"format": FORMAT, "settings": source.settings, "vocab_size": vocab_size, "dtype": dtype.name,
             "tokenizer_sha256": tokenizer_sha256(tokenizer), "splits": splits, "max_tokens": max_tokens}
     checkpoint.write_json(cache_dir / "meta.json", meta)  # last: its presence marks a finished cache
