@@ -29,6 +29,7 @@ reproduce: install data
 bench: install
 	$(PY) scripts/bench_training.py
 	$(PY) scripts/bench_decompose.py
+	$(PY) scripts/bench_lm.py
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache
