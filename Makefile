@@ -2,6 +2,8 @@
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip -q
 PROFILE ?= cpu
+# experiments run at once by reproduce; each process then gets one torch thread
+JOBS    ?= 2
 STAMP   := .venv/.installed
 
 .PHONY: install data test reproduce bench clean
@@ -24,7 +26,7 @@ test: install
 		$(PY) -m pytest -n 2 tests
 
 reproduce: install data
-	WANDB_MODE=disabled $(PY) scripts/reproduce.py --profile $(PROFILE)
+	WANDB_MODE=disabled $(PY) scripts/reproduce.py --profile $(PROFILE) --jobs $(JOBS)
 
 bench: install
 	$(PY) scripts/bench_training.py

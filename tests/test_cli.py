@@ -73,7 +73,7 @@ def test_reproduce_tiny_profile_writes_report(fixture_data_root, tmp_path):
     """The whole tiny profile, every experiment, so `make reproduce` cannot rot."""
     from bilinear.reproduce import load_profile, reproduce
 
-    report = reproduce("tiny", tmp_path / "results", tmp_path / "runs", fixture_data_root)
+    report = reproduce("tiny", tmp_path / "results", tmp_path / "runs", fixture_data_root, jobs=2)
     status = json.loads((tmp_path / "results/status.json").read_text())["experiments"]
     for exp in load_profile("tiny").experiments:
         assert status[exp]["errors"] == [], (exp, status[exp]["errors"])

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -84,57 +85,65 @@ def collect(src: Path, dst: Path, include_figures: bool = True) -> None:
             shutil.copy2(path, target)
 
 
-def reproduce(profile: str, results_dir: Path, runs_root: Path, data_root: Path, only: list[str] | None = None) -> Path:
+def run_experiment(exp_name: str, exp: DictConfig, scale: str, runner: Runner, exp_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """Train (or reuse) every run of one experiment, analyse them, and collect their outputs. Returns its status."""
+    t0 = time.time()
+    st: dict[str, Any] = {"runs": {}, "errors": []}
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # results are rebuilt from the runs, never mixed with an older profile's
+    done_runs = []
+    for name, overrides in expand_runs(exp).items():
+        run_dir = exp_dir / name
+        args = [*overrides, f"scale={scale}", f"data_root={runner.data_root}", f"hydra.run.dir={run_dir}", "train.progress=false"]
+        if checkpoint.is_complete(run_dir):
+            st["runs"][name] = "reused"
+        else:
+            ok, last = runner.call("train", args, f"{exp_name}__{name}__train")
+            st["runs"][name] = "trained" if ok else "failed"
+            if not ok:
+                st["errors"].append(f"train {name}: {last}")
+                print(f"[{exp_name}] {name}: training failed: {last}", flush=True)
+                continue
+        done_runs.append(run_dir)
+        if exp.get("analyses"):
+            ok, last = runner.call("analyze", [f"ckpt={run_dir}", f"analyses=[{','.join(exp.analyses)}]",
+                                               *exp.get("analyze_overrides", [])], f"{exp_name}__{name}__analyze")
+            if not ok:
+                st["errors"].append(f"analyze {name}: {last}")
+        run_out = out_dir / name
+        collect(run_dir / "analysis", run_out / "analysis", include_figures=exp.get("collect_run_figures", True))
+        for f in (checkpoint.CONFIG, checkpoint.METRICS, checkpoint.HISTORY):
+            if (run_dir / f).exists():
+                run_out.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(run_dir / f, run_out / ("train_metrics.json" if f == checkpoint.METRICS else f))
+    if exp.get("cross_analyses") and done_runs:
+        cross_out = exp_dir / "analysis"
+        ok, last = runner.call("analyze", [f"runs=[{','.join(map(str, done_runs))}]", f"out={cross_out}",
+                                           f"analyses=[{','.join(exp.cross_analyses)}]", *exp.get("analyze_overrides", [])],
+                               f"{exp_name}__cross__analyze")
+        if not ok:
+            st["errors"].append(f"cross-run analyses: {last}")
+        collect(cross_out, out_dir / "analysis")
+    st["seconds"] = round(time.time() - t0, 1)
+    print(f"[{exp_name}] {len(done_runs)} runs, {st['seconds']} s, {len(st['errors'])} errors", flush=True)
+    return st
+
+
+def reproduce(profile: str, results_dir: Path, runs_root: Path, data_root: Path, only: list[str] | None = None,
+              jobs: int = 1) -> Path:
+    """Run a profile's experiments, ``jobs`` at a time (each process then gets one torch thread, since more
+    threads than free cores makes torch spin against itself), then write results/ and the report."""
     spec = load_profile(profile)
     runs_root = runs_root / profile
     runner = Runner(runs_root, data_root, runs_root / "logs")
-    status: dict[str, Any] = {}
-    t_start = time.time()
-    for exp_name, exp in spec.experiments.items():
-        if only and exp_name not in only:
-            continue
-        t0 = time.time()
-        st = status[exp_name] = {"runs": {}, "errors": []}
-        exp_dir = runs_root / exp_name
-        out_dir = results_dir / exp_name
-        if out_dir.exists():
-            shutil.rmtree(out_dir)  # results are rebuilt from the runs, never mixed with an older profile's
-        done_runs = []
-        for name, overrides in expand_runs(exp).items():
-            run_dir = exp_dir / name
-            args = [*overrides, f"scale={spec.scale}", f"data_root={data_root}", f"hydra.run.dir={run_dir}", "train.progress=false"]
-            if checkpoint.is_complete(run_dir):
-                st["runs"][name] = "reused"
-            else:
-                ok, last = runner.call("train", args, f"{exp_name}__{name}__train")
-                st["runs"][name] = "trained" if ok else "failed"
-                if not ok:
-                    st["errors"].append(f"train {name}: {last}")
-                    print(f"[{exp_name}] {name}: training failed: {last}", flush=True)
-                    continue
-            done_runs.append(run_dir)
-            if exp.get("analyses"):
-                ok, last = runner.call("analyze", [f"ckpt={run_dir}", f"analyses=[{','.join(exp.analyses)}]",
-                                                   *exp.get("analyze_overrides", [])], f"{exp_name}__{name}__analyze")
-                if not ok:
-                    st["errors"].append(f"analyze {name}: {last}")
-            run_out = out_dir / name
-            collect(run_dir / "analysis", run_out / "analysis", include_figures=exp.get("collect_run_figures", True))
-            for f in (checkpoint.CONFIG, checkpoint.METRICS, checkpoint.HISTORY):
-                if (run_dir / f).exists():
-                    run_out.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(run_dir / f, run_out / ("train_metrics.json" if f == checkpoint.METRICS else f))
-        if exp.get("cross_analyses") and done_runs:
-            cross_out = exp_dir / "analysis"
-            ok, last = runner.call("analyze", [f"runs=[{','.join(map(str, done_runs))}]", f"out={cross_out}",
-                                               f"analyses=[{','.join(exp.cross_analyses)}]", *exp.get("analyze_overrides", [])],
-                                   f"{exp_name}__cross__analyze")
-            if not ok:
-                st["errors"].append(f"cross-run analyses: {last}")
-            collect(cross_out, out_dir / "analysis")
-        st["seconds"] = round(time.time() - t0, 1)
-        print(f"[{exp_name}] {len(done_runs)} runs, {st['seconds']} s, {len(st['errors'])} errors", flush=True)
-    status["_total_seconds"] = round(time.time() - t_start, 1)
+    if jobs > 1:
+        runner.env["OMP_NUM_THREADS"] = "1"
+    names = [n for n in spec.experiments if not only or n in only]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {n: pool.submit(run_experiment, n, spec.experiments[n], spec.scale, runner, runs_root / n, results_dir / n)
+                   for n in names}
+    status: dict[str, Any] = {n: f.result() for n, f in futures.items()}
+    status["_total_seconds"] = round(sum(v["seconds"] for v in status.values()), 1)
     results_dir.mkdir(parents=True, exist_ok=True)
     # merge with the status of earlier (partial, --only) runs of the same profile, so one experiment can be
     # rebuilt without discarding the others' rows; experiments no longer in the profile are dropped
@@ -144,7 +153,7 @@ def reproduce(profile: str, results_dir: Path, runs_root: Path, data_root: Path,
         status = {**kept, **status}
         status["_total_seconds"] = round(sum(v.get("seconds", 0) for k, v in status.items() if not k.startswith("_")), 1)
     checkpoint.write_json(results_dir / "status.json", {"profile": profile, "scale": spec.scale, "experiments": status,
-                                                       "torch_threads": os.environ.get("OMP_NUM_THREADS", "all cores")})
+                                                       "torch_threads": runner.env.get("OMP_NUM_THREADS", "all cores"), "jobs": jobs})
     shutil.copy2(project_root() / "conf" / "reproduce" / f"{profile}.yaml", results_dir / "profile.yaml")
 
     from bilinear.report import write_report
@@ -168,9 +177,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=Path, default=Path("runs/reproduce"), help="where run directories go")
     p.add_argument("--data-root", type=Path, default=Path("data"))
     p.add_argument("--only", nargs="*", help="run only these experiments")
+    p.add_argument("--jobs", type=int, default=1, help="experiments run at once, each process with one torch thread")
     a = p.parse_args(argv)
     results = a.results or Path("results") if a.profile == "cpu" else Path("results") / a.profile
-    report = run_command(lambda: reproduce(a.profile, results, a.runs, a.data_root, a.only))
+    report = run_command(lambda: reproduce(a.profile, results, a.runs, a.data_root, a.only, a.jobs))
     print(report)
 
 
