@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # works without `pip install -e .`
 
-from bilinear.data.images import SPLIT_FILES, verify_image_files  # noqa: E402
+from bilinear.dataio.images import SPLIT_FILES, verify_image_files  # noqa: E402
 from bilinear.errors import DataError  # noqa: E402
 
 STEMS = list(SPLIT_FILES.values())

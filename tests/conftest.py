@@ -28,7 +28,7 @@ def write_fixture_images(root: Path, name: str = "mnist", n_train: int = 256, n_
     class-specific position plus noise, so a model can learn it in a few steps."""
     import numpy as np
 
-    from bilinear.data.idx import write_idx
+    from bilinear.dataio.idx import write_idx
 
     rng = np.random.default_rng(seed)
     d = root / name

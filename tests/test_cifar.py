@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bilinear.data import cifar
-from bilinear.data.images import load_image_dataset
+from bilinear.dataio import cifar
+from bilinear.dataio.images import load_image_dataset
 from bilinear.errors import DataError
 from conftest import run_cli
 

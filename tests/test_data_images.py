@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from bilinear.data import images
-from bilinear.data.idx import parse_idx, read_idx, write_idx
-from bilinear.data.images import ImageData, image_data_from_hub_rows, load_image_dataset, verify_image_files
+from bilinear.dataio import images
+from bilinear.dataio.idx import parse_idx, read_idx, write_idx
+from bilinear.dataio.images import ImageData, image_data_from_hub_rows, load_image_dataset, verify_image_files
 from bilinear.errors import ConfigError, DataError, UserError
 
 N_TRAIN, N_TEST = 20, 10

@@ -82,7 +82,7 @@ def test_explain_activations_sum_to_the_logits(analysed_run, tmp_path):
     logits = e["logits"]
     assert [c["class"] for c in e["classes"]] == sorted(logits, key=logits.get, reverse=True)[:3]
     # an image file instead of an index (the same test image saved as .npy gives the same logits)
-    from bilinear.data.images import load_image_dataset
+    from bilinear.dataio.images import load_image_dataset
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(analysed_run / "config.yaml")

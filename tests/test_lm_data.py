@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from bilinear.data import stories
-from bilinear.data.text_sources import build_source
-from bilinear.data.tokenizer import EOT, normalize, train_tokenizer, word_id
-from bilinear.data.tokens import load_or_build, open_cache
+from bilinear.dataio import stories
+from bilinear.dataio.text_sources import build_source
+from bilinear.dataio.tokenizer import EOT, normalize, train_tokenizer, word_id
+from bilinear.dataio.tokens import load_or_build, open_cache
 from bilinear.errors import DataError
 from conftest import run_cli
 

@@ -48,7 +48,7 @@ def test_gate_interaction_matrices_have_the_known_structure(gates_run, gate):
 def write_planted(root: Path, n_train: int = 600, n_test: int = 200, seed: int = 0) -> int:
     """MNIST-format files whose image 0 is a planted target (a vertical bar with a hook); about half of the other
     images are jittered copies of it, the rest other strokes. Returns the target's index (0)."""
-    from bilinear.data.idx import write_idx
+    from bilinear.dataio.idx import write_idx
 
     rng = np.random.default_rng(seed)
     target = np.zeros((28, 28))
@@ -76,7 +76,7 @@ def write_planted(root: Path, n_train: int = 600, n_test: int = 200, seed: int =
 
 def test_casper_top_eigenvector_is_the_planted_target(tmp_path):
     index = write_planted(tmp_path / "data")
-    from bilinear.data.images import load_image_dataset
+    from bilinear.dataio.images import load_image_dataset
 
     data = load_image_dataset("mnist", tmp_path / "data", verify=False)
     labels = casper_labels(data.train_x, data.train_x[index], 0.4)

@@ -64,14 +64,14 @@ class RunContext:
     @cached_property
     def tokenizer(self):
         """The run's own tokenizer (<run>/tokenizer.json), so decoding needs no corpus."""
-        from bilinear.data.tokenizer import load_tokenizer
+        from bilinear.dataio.tokenizer import load_tokenizer
 
         return load_tokenizer(self.run_dir)
 
     @cached_property
     def token_data(self):
         """The run's token cache (held-out tokens in ``.val``); refused if made with another tokenizer."""
-        from bilinear.data.tokenizer import tokenizer_sha256
+        from bilinear.dataio.tokenizer import tokenizer_sha256
         from bilinear.errors import DataError
         from bilinear.tasks.lm import load_tokens
 

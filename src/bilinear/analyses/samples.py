@@ -12,7 +12,7 @@ import torch
 
 from bilinear import checkpoint
 from bilinear.analyses import register
-from bilinear.data.tokenizer import EOT
+from bilinear.dataio.tokenizer import EOT
 from bilinear.models.transformer import generate
 from bilinear.tasks.lm import split_documents
 

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from bilinear.data.images import ImageData
+from bilinear.dataio.images import ImageData
 from bilinear.errors import ConfigError
 from bilinear.tasks.image import ImageTask, load_data
 

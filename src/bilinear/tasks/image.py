@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from bilinear.augment import build_perturbations
 from bilinear.errors import ConfigError
-from bilinear.data.images import ImageData, load_image_dataset
+from bilinear.dataio.images import ImageData, load_image_dataset
 
 
 def load_data(cfg: DictConfig, device: torch.device) -> ImageData:

@@ -24,10 +24,10 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from bilinear import checkpoint
-from bilinear.data import stories as story_rule
-from bilinear.data.text_sources import build_source
-from bilinear.data.tokenizer import EOT, TOKENIZER_FILE, word_id
-from bilinear.data.tokens import TokenData, load_or_build
+from bilinear.dataio import stories as story_rule
+from bilinear.dataio.text_sources import build_source
+from bilinear.dataio.tokenizer import EOT, TOKENIZER_FILE, word_id
+from bilinear.dataio.tokens import TokenData, load_or_build
 from bilinear.errors import ConfigError, DataError
 
 

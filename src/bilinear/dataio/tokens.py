@@ -23,9 +23,9 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from bilinear import checkpoint
-from bilinear.data.text_sources import SPLITS
+from bilinear.dataio.text_sources import SPLITS
 from bilinear.checkpoint import file_sha256
-from bilinear.data.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer, tokenizer_sha256, train_tokenizer
+from bilinear.dataio.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer, tokenizer_sha256, train_tokenizer
 from bilinear.errors import DataError
 
 FORMAT = 1
@@ -143,7 +143,7 @@ def load_or_build(source, root: str | Path, vocab_size: int, tokenizer_path: str
     """The cache for ``source`` under ``root``, built once (tokenizer trained on the train split) and reused.
 
     Args:
-        source: a text source (``bilinear.data.text_sources``).
+        source: a text source (``bilinear.dataio.text_sources``).
         vocab_size: BPE vocabulary size when training a tokenizer.
         tokenizer_path: an existing tokenizer.json (or run directory) to use instead of training one.
         max_tokens: cap on the train split's tokens (needed for streamed corpora).

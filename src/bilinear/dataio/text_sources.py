@@ -1,7 +1,7 @@
 """Text corpora for the language models: the synthetic stories, TinyStories and FineWeb-Edu (PAPER.md §3).
 
 A source yields documents per split (``docs(split)``) and describes itself (``settings``) so that the token
-cache (``bilinear.data.tokens``) can be keyed by it. Local files come first; otherwise the HF hub when
+cache (``bilinear.dataio.tokens``) can be keyed by it. Local files come first; otherwise the HF hub when
 online; otherwise a DataError saying how to get the data (DESIGN.md principle 6).
 
 Hub schemas (what the offline test fixtures imitate):
@@ -17,8 +17,8 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig
 
-from bilinear.data.stories import generate_corpus
-from bilinear.data.tokenizer import EOT
+from bilinear.dataio.stories import generate_corpus
+from bilinear.dataio.tokenizer import EOT
 from bilinear.errors import ConfigError, DataError
 
 SPLITS = ("train", "val")

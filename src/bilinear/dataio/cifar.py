@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bilinear.data.images import ImageData, _hub_offline, _hub_reachable
+from bilinear.dataio.images import ImageData, _hub_offline, _hub_reachable
 from bilinear.errors import DataError
 
 NAME = "cifar10"

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bilinear.data.idx import parse_idx, read_raw
+from bilinear.dataio.idx import parse_idx, read_raw
 from bilinear.errors import ConfigError, DataError
 
 SIDE = 28  # both datasets are 28x28 grayscale
@@ -85,7 +85,7 @@ SPECS: dict[str, DatasetSpec] = {
 }
 CACHE_NAME = ".verified.json"
 # Image datasets that are not IDX files: name -> "module:function(root, verify) -> ImageData".
-OTHER_LOADERS: dict[str, str] = {"cifar10": "bilinear.data.cifar:load_cifar10"}
+OTHER_LOADERS: dict[str, str] = {"cifar10": "bilinear.dataio.cifar:load_cifar10"}
 
 
 @dataclass
