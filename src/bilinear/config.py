@@ -58,15 +58,16 @@ def check_against_yaml(cfg: DictConfig, config_name: str) -> None:
     groups = set(hc.runtime.choices)
     choices = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in groups]
     reference = compose(config_name=config_name, overrides=choices)
-    plain = lambda c: OmegaConf.to_container(c, resolve=False)  # noqa: E731 - interpolations stay strings
-    check_types(OmegaConf.to_container(cfg, resolve=True), _resolved_or_plain(reference, plain))
+    check_types(OmegaConf.to_container(cfg, resolve=True), _container(reference))
 
 
-def _resolved_or_plain(cfg: DictConfig, plain: Callable[[DictConfig], Any]) -> Any:
+def _container(cfg: DictConfig) -> Any:
+    """Resolved plain container; unresolvable interpolations (hydra-only resolvers such as ${now:}, which do
+    not resolve outside a run) stay strings, which the type check treats as strings."""
     try:
         return OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # noqa: BLE001 - hydra-only resolvers (${now:}) do not resolve outside a run
-        return plain(cfg)
+    except Exception:  # noqa: BLE001 - omegaconf raises several interpolation errors
+        return OmegaConf.to_container(cfg, resolve=False)
 
 
 def resolve_device(name: str) -> torch.device:
