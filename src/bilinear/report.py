@@ -83,10 +83,6 @@ class Results:
         return self.experiments.get(exp, {}).get("errors", [])
 
 
-def not_run(cid: str, paper: str, why: str) -> Row:
-    return Row(cid, paper, "—", f"not run: {why}")
-
-
 def fmt(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}g}" if isinstance(x, (int, float)) else str(x)
 

@@ -132,12 +132,19 @@ class RunContext:
                 xb = x[i : i + 1024]
                 actual.append(self.model(xb).double())
                 preds.append(reconstruct(eig, self.form.to_z(xb)))
-        err = exactness(torch.cat(preds), torch.cat(actual))
-        self.shared_metrics.update({"exactness_max_abs_error": err["max_abs_error"],
-                                    "exactness_rel_error": err["rel_error"], "exactness_n_inputs": len(x)})
-        tol = self.cfg.get("exactness_tol", 1e-4)
+        self.shared_metrics.update(self.check_exact(torch.cat(preds), torch.cat(actual), "the class logits"))
+
+    def require_exact(self, err: dict[str, float], what: str) -> None:
+        """ExactnessError when a decomposition's relative error (``decompose.exactness``) exceeds exactness_tol."""
+        tol = float(self.cfg.get("exactness_tol", 1e-4))
         if err["rel_error"] > tol:
-            raise ExactnessError(
-                f"{self.run_dir}: decomposition does not reproduce the logits (relative error "
-                f"{err['rel_error']:.2e} > {tol:.0e}); refusing to analyse"
-            )
+            raise ExactnessError(f"{self.run_dir}: the decomposition of {what} does not reproduce the model (relative "
+                                 f"error {err['rel_error']:.2e} > {tol:.0e}); refusing to analyse")
+
+    def check_exact(self, predicted: torch.Tensor, actual: torch.Tensor, what: str) -> dict[str, float]:
+        """Compare a reconstruction with the model's own outputs on real inputs (DESIGN principle 3); the error
+        goes into the analysis metrics, and above tolerance the analysis stops."""
+        err = exactness(predicted, actual)
+        self.require_exact(err, what)
+        return {"exactness_max_abs_error": err["max_abs_error"], "exactness_rel_error": err["rel_error"],
+                "exactness_n_inputs": len(actual)}

@@ -17,6 +17,7 @@ import torch
 
 from bilinear import checkpoint, plots
 from bilinear.analyses import register
+from bilinear.decompose import abs_cosine, abs_cosine_matrix
 from bilinear.report import Results, Row, claim
 
 
@@ -27,9 +28,9 @@ def eigenvectors(ctx, out: Path) -> dict:
     idx, vals = eig.positive(1)  # (classes, 1): the most positive eigenvalue, not the largest |lambda|
     top = torch.stack([eig.input_vectors[c, idx[c, 0], :n_pix] for c in range(len(idx))])  # (classes, n_pix)
     means = torch.stack([data.train_x[data.train_y == c].mean(0) for c in range(len(idx))]).to(top.dtype)
-    cos = torch.nn.functional.cosine_similarity(top, means, dim=-1).abs()
+    cos = abs_cosine(top, means)
     centered = means - data.train_x.mean(0).to(top.dtype)
-    cos_all = torch.nn.functional.cosine_similarity(top[:, None], centered[None], dim=-1).abs()  # (eig class, mean class)
+    cos_all = abs_cosine_matrix(top, centered)  # (eig class, mean class)
     cos_centered = cos_all.diagonal()
     own_best = (cos_all.argmax(-1) == torch.arange(len(idx), device=cos_all.device)).float()
 

@@ -17,7 +17,6 @@ import torch
 from bilinear import checkpoint
 from bilinear.analyses import register
 from bilinear.decompose import decompose_outputs, exactness, reconstruct
-from bilinear.errors import ExactnessError
 from bilinear.models.transformer import site_name
 from bilinear.tasks.lm import windows
 
@@ -71,8 +70,5 @@ def lm_exactness(ctx, out: Path) -> dict:
               "n_directions": len(labels), "directions": "32 random unit vectors + head rows of the 32 most frequent tokens",
               "n_sequences": int(tokens.shape[0]), "dtype": "float64 decomposition of float32 activations"}
     checkpoint.write_json(out / "lm_exactness.json", result)
-    tol = float(ctx.cfg.get("exactness_tol", 1e-4))
-    if result["rel_error"] > tol:
-        raise ExactnessError(f"{ctx.run_dir}: u.MLP(x) != sum lambda (v.x)^2 on real mlp_in activations "
-                             f"(relative error {result['rel_error']:.2e} > {tol:.0e})")
+    ctx.require_exact(result, "u.MLP(x) on real mlp_in activations")
     return result

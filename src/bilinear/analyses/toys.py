@@ -14,24 +14,12 @@ import torch
 
 from bilinear import checkpoint, plots
 from bilinear.analyses import register
-from bilinear.decompose import bias_interactions, decompose_outputs, exactness, interaction_matrices, reconstruct
-from bilinear.errors import ExactnessError
+from bilinear.decompose import abs_cosine, bias_interactions, decompose_outputs, interaction_matrices, reconstruct
 from bilinear.report import Results, Row, claim
 
 
-def checked(ctx, predicted: torch.Tensor, actual: torch.Tensor, what: str) -> dict[str, float]:
-    """Exactness of a decomposition against the model's own outputs; ExactnessError above tolerance."""
-    err = exactness(predicted, actual)
-    tol = ctx.cfg.get("exactness_tol", 1e-4)
-    if err["rel_error"] > tol:
-        raise ExactnessError(f"{ctx.run_dir}: the decomposition of {what} does not reproduce the model (relative "
-                             f"error {err['rel_error']:.2e} > {tol:.0e}); refusing to analyse")
-    return {"exactness_max_abs_error": err["max_abs_error"], "exactness_rel_error": err["rel_error"],
-            "exactness_n_inputs": len(actual)}
-
-
 def abs_cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).abs().item()
+    return abs_cosine(a.double().flatten(), b.double().flatten()).item()
 
 
 def abs_corr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -68,7 +56,7 @@ def casper(ctx, out: Path) -> dict:
     with torch.no_grad():
         logits = torch.cat([ctx.model(data.test_x[i : i + 4096]) for i in range(0, len(data.test_x), 4096)]).double()
         pred = torch.cat([reconstruct(eig, form.to_z(data.test_x[i : i + 4096])) for i in range(0, len(data.test_x), 4096)])
-    exact = checked(ctx, pred[:, 0], logits[:, 1] - logits[:, 0], "the logit difference True - False")
+    exact = ctx.check_exact(pred[:, 0], logits[:, 1] - logits[:, 0], "the logit difference True - False")
 
     n_pix = data.train_x.shape[1]
     target = casper_target(data, int(ctx.run_cfg.data.target_index)).double()
@@ -143,7 +131,7 @@ def gates(ctx, out: Path) -> dict:
     with torch.no_grad():
         actual = ctx.model(x).double()
     eig = decompose_outputs(form, torch.eye(form.n_outputs, dtype=torch.float64, device=ctx.device))
-    exact = checked(ctx, reconstruct(eig, form.to_z(x)), actual, "every gate output")
+    exact = ctx.check_exact(reconstruct(eig, form.to_z(x)), actual, "every gate output")
     Qx = Q[:, :n, :n]  # input-input block (the whole matrix without biases)
 
     names = output_names(n, gate_list)
