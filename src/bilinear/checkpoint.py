@@ -20,7 +20,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -119,8 +119,13 @@ def load_config(run_dir: str | Path) -> DictConfig:
     return cfg
 
 
-def load_weights(path: str | Path, model: nn.Module) -> None:
-    """Load safetensors weights into ``model``; refuse corrupt files and any mismatch with the config."""
+def load_weights(path: str | Path, model: nn.Module, keep: Collection[str] = ()) -> None:
+    """Load safetensors weights into ``model``; refuse corrupt files and any mismatch with the config.
+
+    ``keep``: state-dict names the model keeps its own values for, whether or not the file has them. E15's
+    ``train.init_from`` uses it for the swish gates' beta buffers: a SwiGLU run does not store them, and the
+    fine-tune's starting beta is its own config's ``model.beta``. Every other name must match exactly.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path.parent}: no {path.name}; training did not finish")
@@ -129,6 +134,10 @@ def load_weights(path: str | Path, model: nn.Module) -> None:
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: corrupt safetensors file ({str(e).splitlines()[0][:80]})") from None
     expected = model.state_dict()
+    # kept names: the model's value replaces the file's (or fills its absence); one the model lacks is dropped
+    state.update({k: expected[k] for k in keep if k in expected})
+    for k in set(keep) - set(expected):
+        state.pop(k, None)
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or extra:
         raise CheckpointError(f"{path}: weights do not match the config (missing {missing[:3]}, unexpected {extra[:3]})")

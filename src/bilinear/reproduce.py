@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,37 @@ from bilinear.config import project_root
 from bilinear.errors import ConfigError
 
 COLLECT_SUFFIXES = (".png", ".json", ".csv", ".md")
+# An override may name another experiment's run, ``lm=@run:stories/bilinear``: it becomes that run's directory,
+# and the experiment waits for the one it names (SAEs need their LM, a fine-tune its base model).
+RUN_REF = re.compile(r"@run:([\w.-]+)/([\w.-]+)")
+
+
+def resolve_refs(value: str, runs_root: Path) -> str:
+    return RUN_REF.sub(lambda m: str(runs_root / m.group(1) / m.group(2)), str(value))
+
+
+def experiment_deps(exp: DictConfig) -> set[str]:
+    """Names of the experiments whose runs this experiment's overrides reference."""
+    text = json.dumps(OmegaConf.to_container(exp))
+    return {m.group(1) for m in RUN_REF.finditer(text)}
+
+
+def topological(names: list[str], deps: dict[str, set[str]]) -> list[str]:
+    """``names`` reordered so that every experiment comes after those it references (stable otherwise)."""
+    order: list[str] = []
+
+    def visit(n: str, stack: tuple[str, ...] = ()) -> None:
+        if n in order or n not in names:
+            return
+        if n in stack:
+            raise ConfigError(f"reproduce: experiments reference each other in a cycle: {' -> '.join(stack + (n,))}")
+        for d in sorted(deps.get(n, ())):
+            visit(d, stack + (n,))
+        order.append(n)
+
+    for n in names:
+        visit(n)
+    return order
 
 
 def load_profile(profile: str) -> DictConfig:
@@ -94,6 +126,7 @@ def run_experiment(exp_name: str, exp: DictConfig, scale: str, runner: Runner, e
     done_runs = []
     for name, overrides in expand_runs(exp).items():
         run_dir = exp_dir / name
+        overrides = [resolve_refs(o, runner.runs_root) for o in overrides]
         args = [*overrides, f"scale={scale}", f"data_root={runner.data_root}", f"hydra.run.dir={run_dir}", "train.progress=false"]
         if checkpoint.is_complete(run_dir):
             st["runs"][name] = "reused"
@@ -124,9 +157,25 @@ def run_experiment(exp_name: str, exp: DictConfig, scale: str, runner: Runner, e
         if not ok:
             st["errors"].append(f"cross-run analyses: {last}")
         collect(cross_out, out_dir / "analysis")
+    for key, spec in (exp.get("lm_analyses") or {}).items():
+        _lm_analyses(exp_name, key, spec, runner, exp_dir, out_dir, st)
     st["seconds"] = round(time.time() - t0, 1)
     print(f"[{exp_name}] {len(done_runs)} runs, {st['seconds']} s, {len(st['errors'])} errors", flush=True)
     return st
+
+
+def _lm_analyses(exp_name: str, key: str, spec: DictConfig, runner: Runner, exp_dir: Path, out_dir: Path,
+                 st: dict[str, Any]) -> None:
+    """``python -m analyze ckpt=<LM> saes=[<this experiment's SAE runs>] analyses=[...] out=<exp>/<key>/analysis``."""
+    ckpt = resolve_refs(spec.ckpt, runner.runs_root)
+    saes = [str(exp_dir / s) for s in spec.get("saes", [])]
+    target = exp_dir / key / "analysis"
+    ok, last = runner.call("analyze", [f"ckpt={ckpt}", f"saes=[{','.join(saes)}]", f"out={target}",
+                                       f"analyses=[{','.join(spec.analyses)}]", *spec.get("overrides", [])],
+                           f"{exp_name}__{key}__analyze")
+    if not ok:
+        st["errors"].append(f"{key} analyses: {last}")
+    collect(target, out_dir / key / "analysis")
 
 
 def reproduce(profile: str, results_dir: Path, runs_root: Path, data_root: Path, only: list[str] | None = None,
@@ -139,9 +188,19 @@ def reproduce(profile: str, results_dir: Path, runs_root: Path, data_root: Path,
     if jobs > 1:
         runner.env["OMP_NUM_THREADS"] = "1"
     names = [n for n in spec.experiments if not only or n in only]
+    deps = {n: experiment_deps(spec.experiments[n]) for n in names}
+    futures: dict[str, Any] = {}
+
+    def job(n: str) -> dict[str, Any]:
+        for d in deps[n]:
+            if d in futures:  # submitted earlier (topological order), so waiting cannot deadlock the pool
+                futures[d].result()
+        return run_experiment(n, spec.experiments[n], spec.scale, runner, runs_root / n, results_dir / n)
+
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        futures = {n: pool.submit(run_experiment, n, spec.experiments[n], spec.scale, runner, runs_root / n, results_dir / n)
-                   for n in names}
+        for n in topological(names, deps):
+            futures[n] = pool.submit(job, n)
+    futures = {n: futures[n] for n in names}
     status: dict[str, Any] = {n: f.result() for n, f in futures.items()}
     status["_total_seconds"] = round(sum(v["seconds"] for v in status.values()), 1)
     results_dir.mkdir(parents=True, exist_ok=True)

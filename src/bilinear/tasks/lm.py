@@ -4,6 +4,9 @@ Batches are random windows of ``n_ctx + 1`` tokens from the memory-mapped train 
 step's generator, so a batch is a pure function of (seed, step) and resume is exact. The held-out loss is
 computed on fixed windows of the validation split. On ``stories`` the final metrics add the planted-rule
 evaluation: the accuracy of the outcome verb's polarity, per cell (adjective polarity x negated).
+
+E15: ``train.init_from`` starts a run from a finished LM run's weights, and ``train.beta_anneal_fraction``
+anneals a swish MLP's beta to 0 (a bilinear MLP) over the first part of the steps.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from torch import Tensor, nn
 from bilinear import checkpoint
 from bilinear.dataio import stories as story_rule
 from bilinear.dataio.text_sources import build_source
-from bilinear.dataio.tokenizer import EOT, TOKENIZER_FILE, word_id
+from bilinear.dataio.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer, tokenizer_sha256, word_id
 from bilinear.dataio.tokens import TokenData, load_or_build
-from bilinear.errors import ConfigError, DataError
+from bilinear.errors import CheckpointError, ConfigError, DataError
+from bilinear.layers import Bilinear
 
 
 def load_tokens(cfg: DictConfig, log=print) -> TokenData:
@@ -37,6 +41,17 @@ def load_tokens(cfg: DictConfig, log=print) -> TokenData:
     return load_or_build(build_source(d), d.root, int(d.vocab_size), tokenizer_path=d.get("tokenizer"),
                          max_tokens=d.get("max_tokens"), tokenizer_chars=int(d.get("tokenizer_chars") or 50_000_000),
                          verify=bool(d.get("verify", True)), log=log)
+
+
+def load_run_tokens(run_dir, run_cfg: DictConfig, tokenizer=None) -> TokenData:
+    """The token cache of a finished LM run, refused (DataError) if it was made with another tokenizer than the
+    run's own tokenizer.json. ``run_cfg.data.root`` says where to look (callers override it with data_root=)."""
+    tokenizer = tokenizer or load_tokenizer(run_dir)
+    data = load_tokens(run_cfg, log=lambda *_: None)
+    if data.tokenizer_sha256 != tokenizer_sha256(tokenizer):
+        raise DataError(f"token cache {data.dir} was made with a different tokenizer than {run_dir}'s "
+                        f"tokenizer.json; pass data_root=<the run's data root> or delete the cache")
+    return data
 
 
 def windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> Tensor:
@@ -137,6 +152,63 @@ class RuleEval:
                 "rule_logit_margin": margin / max(n, 1)}
 
 
+# --- E15: fine-tuning a gated (swish) LM into a bilinear one by annealing beta --------------------------------
+
+def gate_betas(model: nn.Module) -> list[Tensor]:
+    """The 0-d beta buffers of the model's swish gates (one per layer); empty for other MLPs."""
+    return [m.beta for m in model.modules() if isinstance(m, Bilinear) and m.gate == "swish"]
+
+
+def beta_keys(model: nn.Module) -> set[str]:
+    """State-dict names of every gate's beta buffer, stored (swish) or not (silu and the rest)."""
+    return {f"{name}.beta" for name, m in model.named_modules() if isinstance(m, Bilinear)}
+
+
+def anneal_steps(fraction: float, total_steps: int) -> int:
+    """The optimizer step at which E15's beta reaches 0: ``round(fraction * total_steps)``, at least 1."""
+    return max(1, round(fraction * total_steps))
+
+
+def annealed_beta(beta0: float, fraction: float, total_steps: int, done: int) -> float:
+    """Swish's beta after ``done`` optimizer steps (E15): linear from ``beta0`` at step 0 to exactly 0 at
+    ``anneal_steps(fraction, total_steps)``, then 0, where the MLP is bilinear (Swish_0(a) = a/2)."""
+    end = anneal_steps(fraction, total_steps)
+    return 0.0 if done >= end else beta0 * (1.0 - done / end)
+
+
+def anneal_fraction(cfg: DictConfig) -> float | None:
+    """``train.beta_anneal_fraction``, checked: null, or a number in (0, 1] with ``model.mlp=swish``."""
+    f = cfg.train.get("beta_anneal_fraction")
+    if f is None:
+        return None
+    if cfg.model.mlp != "swish":
+        raise ConfigError(f"config: train.beta_anneal_fraction anneals the beta of a swish gate; it needs "
+                          f"model.mlp=swish, got model.mlp={cfg.model.mlp}")
+    if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+        raise ConfigError(f"config: train.beta_anneal_fraction must be a number in (0, 1], got {f!r}")
+    return float(f)
+
+
+def init_from_run(model: nn.Module, run_dir: str | Path, tokenizer_sha: str) -> str:
+    """Load the final weights of the finished LM run ``run_dir`` into ``model`` (``train.init_from``, E15).
+
+    Every weight must match the config's shapes; only the gates' beta buffers are the model's own (from
+    ``model.beta``), since a SwiGLU run stores none. The run must share this run's tokenizer, else its token
+    ids would mean other words. Returns the sha256 of the loaded weights file, for the run's metrics.
+    """
+    run = Path(run_dir)
+    if not checkpoint.is_complete(run):
+        raise CheckpointError(f"train.init_from={run_dir}: not a finished run directory (needs {checkpoint.WEIGHTS} "
+                              f"and a complete {checkpoint.METRICS})")
+    if tokenizer_sha256(load_tokenizer(run)) != tokenizer_sha:
+        raise CheckpointError(f"train.init_from={run_dir}: that run used another tokenizer than this run's token cache")
+    try:
+        checkpoint.load_weights(run / checkpoint.WEIGHTS, model, keep=beta_keys(model))
+    except CheckpointError as e:
+        raise CheckpointError(f"train.init_from: {e}") from None
+    return checkpoint.file_sha256(run / checkpoint.WEIGHTS)
+
+
 class LMTask:
     """Next-token prediction with AdamW under a token budget (``train.tokens``)."""
 
@@ -155,6 +227,10 @@ class LMTask:
             if isinstance(e.__cause__, ConfigError):
                 raise e.__cause__ from None
             raise
+        self.beta_anneal_fraction = anneal_fraction(cfg)
+        self.init_from, self.init_sha = t.get("init_from"), None
+        if self.init_from:  # E15: start from a finished run (a resumed run then loads its own checkpoint over it)
+            self.init_sha = init_from_run(self.model, self.init_from, self.data.tokenizer_sha256)
         self.n_ctx = int(cfg.model.n_ctx)
         if t.batch_size < 1 or t.tokens < 1:
             raise ConfigError(f"config: train.batch_size and train.tokens must be >= 1, got {t.batch_size}, {t.tokens}")
@@ -206,7 +282,11 @@ class LMTask:
         return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten()), {}
 
     def after_step(self, step: int) -> None:
-        pass
+        """E15: set swish's beta for the next step; a function of the step alone, so resume stays exact."""
+        if self.beta_anneal_fraction is not None:
+            beta = annealed_beta(float(self.cfg.model.beta), self.beta_anneal_fraction, self.total_steps, step + 1)
+            for b in gate_betas(self.model):
+                b.fill_(beta)
 
     def _val_loss(self, model: nn.Module, max_tokens: int) -> float:
         return mean_loss(model, self.data.val, self.n_ctx, max_tokens, self.batch_size, self.device)
@@ -216,6 +296,8 @@ class LMTask:
         if self.rule_eval is not None:  # the rule on a few hundred stories, to watch it being learned
             rule = self.rule_eval(model, self.device, limit=300)
             out.update({f"rule_acc_{c}": v for c, v in rule["rule_acc"].items()})
+        if betas := gate_betas(model):  # E15: the history shows the loss along the beta schedule
+            out["beta"] = float(betas[0])
         return out
 
     def final_metrics(self, model: nn.Module) -> dict[str, Any]:
@@ -227,6 +309,8 @@ class LMTask:
             "n_params_non_embedding": self.model.n_params(), "mlp": self.cfg.model.mlp,
             "vocab_size": self.data.tokenizer.get_vocab_size(), "n_train_tokens": int(len(self.data.train)),
             "n_val_tokens": int(len(self.data.val)), "token_cache": str(self.data.dir),
+            "beta": float(betas[0]) if (betas := gate_betas(model)) else None,  # E15: 0 = a bilinear model
+            "init_from": self.init_from, "init_from_weights_sha256": self.init_sha,
         }
         if self.rule_eval is not None:
             out.update(self.rule_eval(model, self.device))
