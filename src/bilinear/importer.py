@@ -22,8 +22,8 @@ Language model, per layer ``i`` (their name, shape -> ours)::
 Both models rotate the pairs (x_j, x_{j+d_head/2}) (their ``rotate_half`` with ``cat(freqs, freqs)``), so q and
 k rows need no permutation; both scale scores by 1/sqrt(d_head), pre-norm with RMSNorm, and scale the
 attention branch by 1/sqrt(2 n_layer) (theirs unless ``scale_attn: false``, which we fold into the output
-projection). Their RMSNorm has eps 1e-8, ours 1e-6: the run is built as :class:`AuthorsTransformer`, our
-Transformer with their eps, so the function is the same. ``gate`` relu / silu become our ReGLU / SwiGLU.
+projection). Their RMSNorm has eps 1e-8, our default 1e-6: the imported config sets
+``model.norm_eps`` to theirs, so the function is the same. ``gate`` relu / silu become our ReGLU / SwiGLU.
 Biases, a norm bias, ``attention2``, plain (non-gated) MLPs, a GELU gate and no normalization are refused.
 
 SAE (their ``SAE``: ``encode = topk-mask(w_enc(x - b_dec))``, ``decode = w_dec(z) + b_dec``)::
@@ -55,8 +55,6 @@ from torch import Tensor
 from bilinear import checkpoint
 from bilinear.config import project_root
 from bilinear.errors import CheckpointError, ConfigError
-from bilinear.layers import RMSNorm
-from bilinear.models.transformer import Transformer
 from bilinear.tasks.sae import LM_REF, SAE_SITES, open_lm_run
 
 AUTHORS_NORM_EPS = 1e-8  # shared/components.py: RMSNorm.eps
@@ -98,21 +96,6 @@ SAE_FIXED_KEYS = {
 }
 SAE_TRAINING_KEYS = ("lr", "in_batch", "out_batch", "n_batches", "n_buffers", "n_ctx", "val_steps", "dead_thresh",
                      "init_scale", "decoder_decay", "normalize_decoder", "tag", "kwargs")
-
-
-class AuthorsTransformer(Transformer):
-    """Our :class:`Transformer` with the RMSNorm epsilon of the authors' models (1e-8 instead of our 1e-6).
-
-    Only the epsilon differs; every parameter name and the forward pass are the Transformer's. It exists
-    because the Transformer takes no ``norm_eps``; with that option it would be the Transformer itself.
-    """
-
-    def __init__(self, *args, norm_eps: float = AUTHORS_NORM_EPS, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.norm_eps = float(norm_eps)
-        for m in self.modules():
-            if isinstance(m, RMSNorm):
-                m.eps = self.norm_eps
 
 
 # --- fetching and reading -------------------------------------------------------------------------------
@@ -329,13 +312,12 @@ def compose_train_config(overrides: list[str]) -> DictConfig:
 
 
 def lm_run_config(spec: LMSpec, task: str, data_root: str, tokenizer: Path | None) -> DictConfig:
-    """A ``task=<tinystories|fineweb> scale=paper`` config with their sizes, built as AuthorsTransformer."""
+    """A ``task=<tinystories|fineweb> scale=paper`` config with their sizes, with their RMSNorm epsilon."""
     cfg = compose_train_config([
         f"task={task}", "scale=paper", f"data.vocab_size={spec.vocab_size}", f"model.n_ctx={spec.n_ctx}",
         f"model.d_model={spec.d_model}", f"model.n_layer={spec.n_layer}", f"model.n_head={spec.n_head}",
         f"model.d_hidden={spec.d_hidden}", f"model.mlp={spec.mlp}", f"model.norm_gain={str(spec.norm_gain).lower()}",
-        f"model.rope_base={float(spec.rope_base)!r}", f"model._target_={__name__}.AuthorsTransformer",
-        f"+model.norm_eps={AUTHORS_NORM_EPS!r}",
+        f"model.rope_base={float(spec.rope_base)!r}",         f"model.norm_eps={AUTHORS_NORM_EPS!r}",
     ])
     # paths go in after composing: Hydra's override grammar would misread some characters in them
     OmegaConf.update(cfg, "data_root", str(data_root))

@@ -71,13 +71,13 @@ class Attention(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, d_model: int, n_head: int, d_hidden: int, mlp: str, beta: float, norm_gain: bool,
-                 attn_scale: float):
+                 attn_scale: float, norm_eps: float = 1e-6):
         super().__init__()
-        self.attn_norm = RMSNorm(d_model, gain=norm_gain)
+        self.attn_norm = RMSNorm(d_model, gain=norm_gain, eps=norm_eps)
         self.attn = Attention(d_model, n_head)
         # The MLP's norm is split into normalisation and gain so that mlp_in is the normed input *before*
         # the gain; the gain is then folded into W and V by bilinear_form (PAPER.md §3).
-        self.mlp_norm = RMSNorm(d_model, gain=False)
+        self.mlp_norm = RMSNorm(d_model, gain=False, eps=norm_eps)
         self.mlp_gain = nn.Parameter(torch.ones(d_model)) if norm_gain else None
         self.mlp = BilinearMLP(d_model, d_hidden, bias=False, gate=MLP_GATES[mlp], beta=beta)
         self.attn_scale = attn_scale
@@ -95,16 +95,17 @@ class Transformer(nn.Module):
 
     def __init__(self, vocab_size: int = 4096, n_ctx: int = 256, d_model: int = 512, n_layer: int = 6,
                  n_head: int = 8, d_hidden: int = 2048, mlp: str = "bilinear", beta: float = 1.0,
-                 norm_gain: bool = False, rope_base: float = 10000.0):
+                 norm_gain: bool = False, rope_base: float = 10000.0, norm_eps: float = 1e-6):
         super().__init__()
         if mlp not in MLP_GATES:
             raise ConfigError(f"model.mlp must be one of {', '.join(MLP_GATES)}, got {mlp!r}")
         self.vocab_size, self.n_ctx, self.n_layer, self.mlp_kind = vocab_size, n_ctx, n_layer, mlp
         self.embed = nn.Embedding(vocab_size, d_model)
         self.blocks = nn.ModuleList(
-            Block(d_model, n_head, d_hidden, mlp, beta, norm_gain, 1.0 / math.sqrt(2 * n_layer)) for _ in range(n_layer)
+            Block(d_model, n_head, d_hidden, mlp, beta, norm_gain, 1.0 / math.sqrt(2 * n_layer), norm_eps)
+            for _ in range(n_layer)
         )
-        self.final_norm = RMSNorm(d_model, gain=norm_gain)
+        self.final_norm = RMSNorm(d_model, gain=norm_gain, eps=norm_eps)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         cos, sin = rope_tables(n_ctx, d_model // n_head, rope_base)
         # Not persistent: derived from the config, so they stay out of model.safetensors.
