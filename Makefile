@@ -32,6 +32,7 @@ bench: install
 	$(PY) scripts/bench_training.py
 	$(PY) scripts/bench_decompose.py
 	$(PY) scripts/bench_lm.py
+	$(PY) scripts/bench_sae_features.py
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache

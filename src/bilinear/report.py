@@ -75,6 +75,16 @@ class Results:
         """analysis/metrics.json of a run, or of the experiment's cross-run analyses with run=None."""
         return self.json(exp, "analysis", "metrics.json") if run is None else self.json(exp, run, "analysis", "metrics.json")
 
+    def analyses_named(self, exp: str, name: str) -> dict[str, dict]:
+        """``{subfolder: metrics}`` of analysis ``name`` in every <exp>/<subfolder>/analysis/metrics.json (runs and
+        reproduce's ``lm_analyses`` keys alike), in name order."""
+        out = {}
+        for path in sorted(self.root.glob(f"{exp}/*/analysis/metrics.json")) if self.has(exp) else []:
+            m = json.loads(path.read_text()).get(name)
+            if m:
+                out[path.parent.parent.name] = m
+        return out
+
     def figure(self, *parts: str) -> str | None:
         path = self.root.joinpath(*parts)
         return str(path.relative_to(self.root)) if path.exists() else None

@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", nargs="*", help="run only these experiments")
     p.add_argument("--jobs", type=int, default=1, help="experiments run at once, each process with one torch thread")
     a = p.parse_args(argv)
-    results = a.results or Path("results") if a.profile == "cpu" else Path("results") / a.profile
+    results = a.results or (Path("results") if a.profile == "cpu" else Path("results") / a.profile)
     report = run_command(lambda: reproduce(a.profile, results, a.runs, a.data_root, a.only, a.jobs))
     print(report)
 

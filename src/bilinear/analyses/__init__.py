@@ -31,7 +31,7 @@ class Analysis:
 REGISTRY: dict[str, Analysis] = {}
 
 # Modules that register analyses; a new experiment adds its module name here.
-_MODULES = ["spectrum", "eigenvectors", "samples", "lm_exactness", "gated_comparison", "toys", "adversarial", "augment_grid", "overfitting", "truncation", "consistency", "explain", "hosvd"]
+_MODULES = ["spectrum", "eigenvectors", "samples", "lm_exactness", "gated_comparison", "toys", "adversarial", "augment_grid", "overfitting", "truncation", "consistency", "explain", "hosvd", "beta_annealing", "lowrank", "interactions", "negation", "sae_quality"]
 
 
 def register(name: str, kinds: tuple[str, ...], scope: str = "run", default: bool = True):

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 
 from bilinear import checkpoint
 from bilinear.config import resolve_device
 from bilinear.decompose import BilinearForm, Eigen, decompose_outputs, exactness, reconstruct
-from bilinear.errors import CheckpointError, ExactnessError
+from bilinear.errors import ExactnessError
+from bilinear.models import load_run_model
 
 DECOMPOSITION = "decomposition.safetensors"
 
@@ -35,18 +35,16 @@ class RunContext:
             OmegaConf.update(self.run_cfg, "data.root", cfg.data_root, force_add=True)
         self.kind: str = self.run_cfg.task.get("kind", "unknown")
         self.device = resolve_device(cfg.get("device", "cpu"))
-        self.analysis_dir = self.run_dir / "analysis"
+        # ckpt=<run> out=<dir> puts the analyses elsewhere (reproduce keeps SAE analyses apart from the LM's own)
+        self.analysis_dir = Path(cfg.out) if cfg.get("out") and cfg.get("ckpt") else self.run_dir / "analysis"
         self.shared_metrics: dict[str, Any] = {}
         self.model  # noqa: B018 - load now so a bad checkpoint fails before any analysis starts
+        if cfg.get("saes"):
+            self.saes  # noqa: B018 - and so does an SAE that does not belong to this LM
 
     @cached_property
     def model(self) -> torch.nn.Module:
-        try:
-            model = instantiate(self.run_cfg.model)
-        except Exception as e:  # noqa: BLE001 - a config that cannot build its model is a bad checkpoint
-            raise CheckpointError(f"{self.run_dir}: config cannot build its model ({e.__class__.__name__}: {e})") from None
-        checkpoint.load_weights(self.run_dir / checkpoint.WEIGHTS, model)
-        return model.to(self.device).eval()
+        return load_run_model(self.run_dir, self.run_cfg, self.device)
 
     @cached_property
     def metrics(self) -> dict[str, Any]:
@@ -71,15 +69,16 @@ class RunContext:
     @cached_property
     def token_data(self):
         """The run's token cache (held-out tokens in ``.val``); refused if made with another tokenizer."""
-        from bilinear.dataio.tokenizer import tokenizer_sha256
-        from bilinear.errors import DataError
-        from bilinear.tasks.lm import load_tokens
+        from bilinear.tasks.lm import load_run_tokens
 
-        data = load_tokens(self.run_cfg, log=lambda *_: None)
-        if data.tokenizer_sha256 != tokenizer_sha256(self.tokenizer):
-            raise DataError(f"token cache {data.dir} was made with a different tokenizer than {self.run_dir}'s "
-                            f"tokenizer.json; pass data_root=<the run's data root> or delete the cache")
-        return data
+        return load_run_tokens(self.run_dir, self.run_cfg, self.tokenizer)
+
+    @cached_property
+    def saes(self):
+        """The SAE runs of ``saes=[...]``, each checked against this LM (d_model, layer, weights hash)."""
+        from bilinear.analyses.sae_context import open_saes
+
+        return open_saes(self.cfg.get("saes"), self.run_dir, self.model, self.device)
 
     @cached_property
     def form(self) -> BilinearForm:
