@@ -81,6 +81,15 @@ def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def read_history(run_dir: str | Path) -> list[dict[str, float]]:
+    """history.csv of a run as rows of floats (empty cells dropped); [] when the run has none."""
+    path = Path(run_dir) / HISTORY
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
 def save_config(run_dir: str | Path, cfg: DictConfig) -> None:
     write_text(Path(run_dir) / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from bilinear import checkpoint, plots
 from bilinear.analyses import register
-from bilinear.analyses.gated_comparison import _curves as read_history
 from bilinear.analyses.lm_exactness import lm_exactness
 from bilinear.errors import ConfigError, ExactnessError
 from bilinear.report import Row, claim
@@ -88,7 +87,7 @@ def plot(annealed, baseline, start_loss: float | None, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.8))
     beta_ax = ax.twinx()
     for ctx, label, color in ((annealed, "annealed", "C0"), (baseline, "fixed beta", "C1")):
-        hist = [h for h in read_history(ctx.run_dir) if "val_loss" in h]
+        hist = [h for h in checkpoint.read_history(ctx.run_dir) if "val_loss" in h]
         steps = [h["step"] for h in hist]
         ax.plot(steps, [h["val_loss"] for h in hist], "-", color=color, label=f"{label}: held-out loss")
         ax.plot([ctx.metrics["steps"]], [ctx.metrics["val_loss"]], "o", color=color, ms=4)  # the final (larger) eval

@@ -8,7 +8,6 @@ allows). The row compares final held-out losses with Table 6. ``c16_row(run_dirs
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +62,6 @@ def c16_row(run_dirs: list[Path], tolerance: float = 0.03) -> dict[str, Any]:
             "ours": ours or "no runs", "verdict": verdict, "details": table}
 
 
-def _curves(run_dir: Path) -> list[dict[str, float]]:
-    path = run_dir / checkpoint.HISTORY
-    if not path.exists():
-        return []
-    with open(path) as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
-
-
 @register("gated_comparison", kinds=("lm",), scope="cross")
 def gated_comparison(runs, out: Path, cfg) -> dict:
     dirs = [ctx.run_dir for ctx in runs]
@@ -79,7 +70,7 @@ def gated_comparison(runs, out: Path, cfg) -> dict:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for d in dirs:
-        s, hist = run_summary(d), _curves(d)
+        s, hist = run_summary(d), checkpoint.read_history(d)
         if not hist or "val_loss" not in hist[0]:
             continue
         style = "-" if s["budget"] == "equal_tokens" else "--"
