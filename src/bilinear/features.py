@@ -22,7 +22,7 @@ from torch import Tensor
 from bilinear.decompose import BilinearForm, Eigen, eigendecompose, interaction_matrices, symmetrize
 
 
-def feature_eigen(form: BilinearForm, rows: Tensor, keep: int | None = None, chunk: int = 128) -> Eigen:
+def feature_eigen(form: BilinearForm, rows: Tensor, keep: int | None = None, chunk: int = 32) -> Eigen:
     """Eigenpairs of Q_a for each output direction in ``rows`` (m, d_out), by |lambda| descending.
 
     All d eigenpairs of every matrix are computed; ``keep`` limits how many are returned (memory:
@@ -33,8 +33,9 @@ def feature_eigen(form: BilinearForm, rows: Tensor, keep: int | None = None, chu
     values, vectors = [], []
     for start in range(0, rows.shape[0], chunk):
         eig = eigendecompose(interaction_matrices(form, rows[start : start + chunk], chunk=chunk)).top(keep)
-        values.append(eig.values)
-        vectors.append(eig.vectors)
+        # copies, not views: a view of the top-k would keep each chunk's full (chunk, d, d) storage alive
+        values.append(eig.values.clone())
+        vectors.append(eig.vectors.clone())
     return Eigen(torch.cat(values), torch.cat(vectors))
 
 
