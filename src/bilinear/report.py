@@ -109,6 +109,10 @@ def exactness_claim(res: Results) -> Row | None:
             lm = m.get("lm_exactness") or {}  # u.MLP_l(x) against x^T Q_u x on real mlp_in activations
             if lm.get("applicable"):
                 errs.append((lm["rel_error"], lm["max_abs_error"], f"{exp}/{run} (LM, every layer)"))
+    for key, m in res.analyses_named("sae", "lowrank").items():  # e_a.MLP(x) for every output SAE feature (E12)
+        e = m.get("full_rank_exactness") or {}
+        if "rel_error" in e:
+            errs.append((e["rel_error"], e["max_abs_error"], f"sae/{key} (LM, every output-SAE feature)"))
     if not errs:
         return None
     worst = max(errs)
@@ -157,7 +161,8 @@ def write_report(results_dir: Path) -> Path:
         "",
         f"Profile **{status.get('profile', '?')}** (scale `{status.get('scale', '?')}`), built by `make reproduce"
         f"{'' if status.get('profile') == 'cpu' else ' PROFILE=' + str(status.get('profile'))}` in "
-        f"{status.get('experiments', {}).get('_total_seconds', '?')} s (sum over experiments) on {platform.machine()} with "
+        f"{status.get('experiments', {}).get('_total_seconds', '?')} s (sum over experiments; reused runs cost nothing there, "
+        f"while the runs' own training took {status.get('experiments', {}).get('_train_seconds', '?')} s) on {platform.machine()} with "
         f"{status.get('torch_threads', torch.get_num_threads())} torch thread(s) per process, torch {torch.__version__}, no GPU."
         if not torch.cuda.is_available() else f"Profile **{status.get('profile')}** on {torch.cuda.get_device_name()}.",
         "",

@@ -138,6 +138,9 @@ def run_experiment(exp_name: str, exp: DictConfig, scale: str, runner: Runner, e
                 print(f"[{exp_name}] {name}: training failed: {last}", flush=True)
                 continue
         done_runs.append(run_dir)
+        # the run's own training seconds, also when it is reused: what rebuilding it from scratch costs
+        m = checkpoint.read_json(run_dir / checkpoint.METRICS) if (run_dir / checkpoint.METRICS).exists() else {}
+        st["train_seconds"] = round(st.get("train_seconds", 0.0) + float(m.get("train_seconds") or 0.0), 1)
         if exp.get("analyses"):
             ok, last = runner.call("analyze", [f"ckpt={run_dir}", f"analyses=[{','.join(exp.analyses)}]",
                                                *exp.get("analyze_overrides", [])], f"{exp_name}__{name}__analyze")
@@ -203,6 +206,7 @@ def reproduce(profile: str, results_dir: Path, runs_root: Path, data_root: Path,
     futures = {n: futures[n] for n in names}
     status: dict[str, Any] = {n: f.result() for n, f in futures.items()}
     status["_total_seconds"] = round(sum(v["seconds"] for v in status.values()), 1)
+    status["_train_seconds"] = round(sum(v.get("train_seconds", 0.0) for v in status.values() if isinstance(v, dict)), 1)
     results_dir.mkdir(parents=True, exist_ok=True)
     # merge with the status of earlier (partial, --only) runs of the same profile, so one experiment can be
     # rebuilt without discarding the others' rows; experiments no longer in the profile are dropped
@@ -211,6 +215,7 @@ def reproduce(profile: str, results_dir: Path, runs_root: Path, data_root: Path,
         kept = {k: v for k, v in previous["experiments"].items() if k in spec.experiments and k not in status}
         status = {**kept, **status}
         status["_total_seconds"] = round(sum(v.get("seconds", 0) for k, v in status.items() if not k.startswith("_")), 1)
+        status["_train_seconds"] = round(sum(v.get("train_seconds", 0) for k, v in status.items() if not k.startswith("_")), 1)
     checkpoint.write_json(results_dir / "status.json", {"profile": profile, "scale": spec.scale, "experiments": status,
                                                        "torch_threads": runner.env.get("OMP_NUM_THREADS", "all cores"), "jobs": jobs})
     shutil.copy2(project_root() / "conf" / "reproduce" / f"{profile}.yaml", results_dir / "profile.yaml")
