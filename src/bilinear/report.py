@@ -190,7 +190,8 @@ def write_report(results_dir: Path) -> Path:
         if row.notes:
             lines += [row.notes, ""]
         lines += [f"![{row.claim}]({f})" for f in row.figures] + [""]
-    lines += ["## Runs", "", "| Experiment | Runs | Status | Seconds | Errors |", "| --- | --- | --- | --- | --- |"]
+    lines += ["## Runs", "", "| Experiment | Runs | Status | Seconds (this call) | Training seconds (the runs') | Errors |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for exp, st in res.experiments.items():
         if exp.startswith("_"):
             continue
@@ -199,7 +200,7 @@ def write_report(results_dir: Path) -> Path:
             counts[s] = counts.get(s, 0) + 1
         errs = "; ".join(st.get("errors", [])) or "none"
         lines.append(f"| {exp} | {len(st.get('runs', {}))} | {', '.join(f'{v} {k}' for k, v in counts.items())} | "
-                     f"{st.get('seconds', '?')} | {errs.replace('|', '/')} |")
+                     f"{st.get('seconds', '?')} | {st.get('train_seconds', '?')} | {errs.replace('|', '/')} |")
     lines.append("")
     path = results_dir / "REPORT.md"
     checkpoint.write_text(path, "\n".join(lines))
