@@ -245,6 +245,8 @@ def test_sae_bad_inputs_are_one_line_errors(lm_run, sae_runs, tmp_path):
     assert p.returncode == 2 and "not a language model" in p.stderr
     p = run_cli("analyze", f"ckpt={lm}", f"data_root={root}", "analyses=[negation]", check=False)
     assert p.returncode == 2 and "saes=" in p.stderr
+    p = run_cli("analyze", f"ckpt={sae_runs['mlp_in']}", f"data_root={root}", check=False)  # an SAE alone
+    assert p.returncode == 2 and "analysed with its LM" in p.stderr
 
 
 def test_probe_scan_finds_a_planted_and_gate():

@@ -77,6 +77,10 @@ def run_run_analyses(run_dir: Path, cfg: DictConfig) -> Path:
 
     ctx = RunContext(run_dir, cfg)
     analyses = _select(cfg.analyses, ctx.kind, "run")
+    if not analyses:
+        hint = ("; an SAE is analysed with its LM: ckpt=<LM run> saes=[<SAE runs>] analyses=[interactions,negation,"
+                "lowrank], or across SAE runs: runs=[...] analyses=[sae_quality]") if ctx.kind == "sae" else ""
+        raise ConfigError(f"config: no analysis applies to a {ctx.kind} run on its own{hint}")
     results = {}
     for a in analyses:
         out = ctx.analysis_dir / a.name
