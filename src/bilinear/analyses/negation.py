@@ -214,7 +214,8 @@ def describe_pair(data: PairData, pair: list[int], figure: Path, title: str) -> 
     neg_ids = [word_id(tok, w) for w in vocab["negative_verb"]]
     outputs = []
     for k, f in enumerate(pair):
-        eff = model.head.weight.detach().double() @ sae_out.model.W_dec.detach()[:, f].double()  # direct logit path
+        # direct logit path, over the tokenizer's tokens (rows past it belong to a padded vocabulary, never trained)
+        eff = model.head.weight.detach()[: tok.get_vocab_size()].double() @ sae_out.model.W_dec.detach()[:, f].double()
         verbs = (float(eff[pos_ids].mean() - eff[neg_ids].mean()) if None not in pos_ids + neg_ids else float("nan"))
         outputs.append({"feature": f, "type": profile_type(data.prof_out[:, f]), "cell_profile": profile_text(data.prof_out[:, f]),
                         "top_contexts": top_contexts(tok, data.tokens, data.f_out[..., f].cpu(), nctx),

@@ -111,7 +111,11 @@ def layer_activations(model, tokens: Tensor, layer: int, batch: int = 32) -> Lay
 
 def decode_tokens(tokenizer, ids) -> list[str]:
     """Readable token strings (the tokenizer's word-start marker becomes a space)."""
-    return [tokenizer.id_to_token(int(i)).replace("▁", " ") for i in ids]
+    out = []
+    for i in ids:
+        t = tokenizer.id_to_token(int(i))  # None for ids past the tokenizer (the model's vocab may be padded)
+        out.append(f"<unused {int(i)}>" if t is None else t.replace("▁", " "))
+    return out
 
 
 def context_string(tokenizer, tokens: Tensor, s: int, t: int, before: int = 6) -> str:
