@@ -68,16 +68,26 @@ class BasisMap:
         return cls(D, (vecs * vals.sqrt()) @ vecs.T, (vecs * vals.rsqrt()) @ vecs.T)
 
 
+def _similar(Q: Tensor, basis: BasisMap) -> Tensor:
+    """G^{1/2} Q G^{1/2} (m, d, d): shares the non-zero eigenvalues of D^T Q D."""
+    Gh = basis.G_half.to(Q.dtype)
+    return Gh @ Q @ Gh
+
+
+def sae_basis_eigvals(Q: Tensor, basis: BasisMap) -> Tensor:
+    """The d eigenvalues (ascending) of Q~ = D^T Q D that can be non-zero, (m, d), without forming Q~."""
+    return torch.linalg.eigvalsh(_similar(Q, basis))
+
+
 def sae_basis_eigen(Q: Tensor, basis: BasisMap, keep: int | None = None) -> Eigen:
     """Non-zero eigenpairs of Q~ = D^T Q D (m, n, n) without forming it: values (m, k), vectors (m, k, n) unit rows.
 
     Exact: D^T Q D w = lambda w with w = D^T G^{-1/2} y whenever G^{1/2} Q G^{1/2} y = lambda y (see module doc).
     """
-    Gh, Gi = basis.G_half.to(Q.dtype), basis.G_inv_half.to(Q.dtype)
-    eig = eigendecompose(Gh @ Q @ Gh)
+    eig = eigendecompose(_similar(Q, basis))
     if keep is not None:
         eig = eig.top(keep)
-    w = eig.vectors @ Gi @ basis.D.to(Q.dtype)  # rows y^T G^{-1/2} D = (D^T G^{-1/2} y)^T
+    w = eig.vectors @ basis.G_inv_half.to(Q.dtype) @ basis.D.to(Q.dtype)  # rows y^T G^{-1/2} D = (D^T G^{-1/2} y)^T
     return Eigen(eig.values, w)
 
 

@@ -78,7 +78,7 @@ class RunContext:
         """The SAE runs of ``saes=[...]``, each checked against this LM (d_model, layer, weights hash)."""
         from bilinear.analyses.sae_context import open_saes
 
-        return open_saes(self.cfg.get("saes"), self.run_dir, self.model, self.device)
+        return open_saes(self.cfg.get("saes"), self.run_dir, self.model, self._weights_hash, self.device)
 
     @cached_property
     def form(self) -> BilinearForm:

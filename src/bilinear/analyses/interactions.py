@@ -23,7 +23,7 @@ from bilinear.analyses import register
 from bilinear.analyses.lowrank import decomposition_dtype
 from bilinear.analyses.sae_context import SAERun, require_saes, sae_pair
 from bilinear.decompose import interaction_matrices
-from bilinear.features import BasisMap, cross_interactions, sae_basis_matrices
+from bilinear.features import BasisMap, cross_interactions, sae_basis_eigvals, sae_basis_matrices
 
 KEEP_TOP_CROSS = 256  # largest |cross-interactions| kept per output feature (outlier counts saturate here)
 HIST_SAMPLE = 4096  # cross-interactions sampled per output feature for the histogram
@@ -71,10 +71,9 @@ def interaction_stats(model, sae_in: SAERun, sae_out: SAERun, chunk: int = 16, s
                                                "self", "cross")}
     ssq_cross = ssq_self = 0.0
     n_cross = n_self = 0
-    Gh = basis.G_half
     for start in range(0, rows.shape[0], chunk):
         Q = interaction_matrices(form, rows[start : start + chunk])  # (c, d, d)
-        lam = torch.linalg.eigvalsh(Gh @ Q @ Gh)  # the non-zero spectrum of Q~ (features.sae_basis_eigen)
+        lam = sae_basis_eigvals(Q, basis)  # the spectrum of Q~ that can be non-zero
         mag = lam.abs().sort(-1, descending=True).values
         Qt = sae_basis_matrices(Q, D)
         self_i, cross = cross_interactions(Qt)

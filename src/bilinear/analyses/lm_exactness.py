@@ -21,12 +21,15 @@ from bilinear.models.transformer import site_name
 from bilinear.tasks.lm import windows
 
 
-def heldout_batch(ctx, n_seqs: int) -> torch.Tensor:
-    """The first ``n_seqs`` non-overlapping held-out windows, (n_seqs, n_ctx) token ids."""
-    n_ctx = ctx.model.n_ctx
-    val = ctx.token_data.val
+def heldout_windows(val: np.ndarray, n_ctx: int, n_seqs: int) -> torch.Tensor:
+    """The first ``n_seqs`` non-overlapping windows of a held-out token split, (n_seqs, n_ctx) token ids."""
     n = max(1, min(n_seqs, (len(val) - 1) // n_ctx))
-    return windows(val, np.arange(n) * n_ctx, n_ctx).to(ctx.device)
+    return windows(val, np.arange(n) * n_ctx, n_ctx)
+
+
+def heldout_batch(ctx, n_seqs: int) -> torch.Tensor:
+    """``heldout_windows`` of an LM run's validation split, on the analysis device."""
+    return heldout_windows(ctx.token_data.val, ctx.model.n_ctx, n_seqs).to(ctx.device)
 
 
 def directions(ctx, tokens: torch.Tensor, n_random: int, n_head: int, seed: int = 0) -> tuple[torch.Tensor, list[str]]:

@@ -20,7 +20,7 @@ from bilinear import checkpoint, plots
 from bilinear.analyses import register
 from bilinear.analyses.lm_exactness import heldout_batch
 from bilinear.analyses.sae_context import layer_activations, require_saes, sae_pair
-from bilinear.decompose import exactness
+from bilinear.decompose import eigen_activations, exactness, reconstruct
 from bilinear.features import feature_eigen, pearson
 from bilinear.report import Row, claim
 
@@ -60,10 +60,9 @@ def lowrank_correlations(model, sae, tokens: torch.Tensor, layer: int, ks: list[
     for start in range(0, n_feat, chunk):
         sl = slice(start, min(start + chunk, n_feat))
         eig = feature_eigen(form, rows[sl])  # all d eigenpairs of each Q_a
-        full_pred.append((eig.values[None] * torch.einsum("nd,crd->ncr", xc, eig.vectors).square()).sum(-1))
+        full_pred.append(reconstruct(eig, xc))
         full_actual.append(mlp_out[:n_check].to(dtype) @ rows[sl].T)
-        top = eig.top(ks[-1])
-        cum = (top.values[None] * torch.einsum("nd,crd->ncr", x, top.vectors).square()).cumsum(-1)  # (N, c, k_max)
+        cum = eigen_activations(eig, x, ks[-1]).cumsum(-1)  # (N, c, k_max)
         pred_k = cum[..., kidx]  # (N, c, n_k)
         for j, a in enumerate(range(sl.start, sl.stop)):
             if int(n_active[a]) <= min_active:

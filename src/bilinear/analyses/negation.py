@@ -27,7 +27,7 @@ from bilinear.analyses.lm_exactness import heldout_batch
 from bilinear.analyses.sae_context import decode_tokens, layer_activations, top_contexts
 from bilinear.dataio import stories as story_rule
 from bilinear.dataio.tokenizer import word_id
-from bilinear.decompose import eigendecompose, interaction_matrices, symmetrize
+from bilinear.decompose import eigendecompose, interaction_matrices, reconstruct, symmetrize
 from bilinear.features import feature_eigen, pearson
 from bilinear.report import Row, claim
 
@@ -227,11 +227,12 @@ def describe_pair(data: PairData, pair: list[int], figure: Path, title: str) -> 
     D = sae_out.model.W_dec.detach()[:, pair].double()
     cos = float(torch.nn.functional.cosine_similarity(D[:, 0], D[:, 1], dim=0))
     spectra = [spectrum_vs_random(Qt[k], seed=k) for k in range(2)]
-    approx = [top2_approximation(model, sae_out, f, data.acts, data.f_out, float(cfg.large_quantile)) for f in pair]
+    pred, z, lam = top2_predictions(model, sae_out, pair, data.acts, data.f_out)
+    approx = [top2_approximation(pred[:, k], z[:, k], lam[k], float(cfg.large_quantile)) for k in range(2)]
     result = {"pair": pair, "decoder_cosine": cos, "layer": sae_out.layer, "outputs": outputs, "inputs": inputs,
               "cross_std": data.st.cross_std, "top2_approximation": approx, "tied_to_rule": rule_tie(outputs),
               "spectra": [{k: v for k, v in s.items() if k not in ("values", "random")} for s in spectra]}
-    _plot(figure, title, result, Qt, shown, inputs, spectra, data.f_out, data.acts, model, sae_out, pair)
+    _plot(figure, title, result, Qt, shown, inputs, spectra, pred, z, pair)
     return result
 
 
@@ -271,15 +272,22 @@ def spectrum_vs_random(Qt: torch.Tensor, seed: int = 0) -> dict:
 
 
 @torch.no_grad()
-def top2_approximation(model, sae_out, feature: int, acts, f_out: torch.Tensor, large_quantile: float) -> dict:
-    """Pearson r of sum_{i<=2} lambda_i (v_i . x)^2 (eigenpairs of Q_a on mlp_in) with the SAE activation."""
+def top2_predictions(model, sae_out, pair: list[int], acts,
+                     f_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``sum_{i<=2} lambda_i (v_i . x)^2`` (eigenpairs of Q_a on mlp_in) and the SAE activation of each feature of
+    ``pair``, at every position but the first: two (N, len(pair)) tensors, and the eigenvalues (len(pair), 2)."""
     form = output_feature_form(model, sae_out.layer)
-    eig = feature_eigen(form, sae_out.model.W_enc.detach()[[feature]].to(form.W.dtype), keep=2)
+    eig = feature_eigen(form, sae_out.model.W_enc.detach()[pair].to(form.W.dtype), keep=2)
     x = acts.mlp_in[:, 1:].flatten(0, 1).to(form.W.dtype)
-    pred = (eig.values[0] * (x @ eig.vectors[0].T).square()).sum(-1)
-    z = f_out[:, 1:, feature].flatten().to(pred.dtype)
+    pred = reconstruct(eig, x)
+    return pred, f_out[:, 1:, pair].flatten(0, 1).to(pred.dtype), eig.values
+
+
+def top2_approximation(pred: torch.Tensor, z: torch.Tensor, eigenvalues: torch.Tensor, large_quantile: float) -> dict:
+    """Pearson r of one feature's top-2 approximation (N,) with its SAE activation (N,), where it is active and
+    for its large activations (above ``large_quantile`` of the active values)."""
     m = z > 0
-    out = {"n_active": int(m.sum()), "eigenvalues": [float(v) for v in eig.values[0]]}
+    out = {"n_active": int(m.sum()), "eigenvalues": [float(v) for v in eigenvalues]}
     if int(m.sum()) > 2:
         out["corr_active"] = float(pearson(pred[m], z[m]))
         big = m & (z >= z[m].quantile(large_quantile))
@@ -312,7 +320,7 @@ def _label(inp: dict) -> str:
     return f"{inp['feature']}: {inp['type']}\n{ctx[-28:]}"
 
 
-def _plot(path, title, result, Qt, shown, inputs, spectra, f_out, acts, model, sae_out, pair) -> None:
+def _plot(path, title, result, Qt, shown, inputs, spectra, pred, z, pair) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(17, 10))
@@ -348,15 +356,10 @@ def _plot(path, title, result, Qt, shown, inputs, spectra, f_out, acts, model, s
                ylabel=f"top negative eigenvector (λ={float(eig.values[0, im_]):.3g})",
                title=f"feature {pair[k]}: input features on the top-2 eigenvectors")
     ax = axes[1, 2]
-    form = output_feature_form(model, sae_out.layer)
-    x = acts.mlp_in[:, 1:].flatten(0, 1).to(form.W.dtype)
     for k, f in enumerate(pair):
-        eig = feature_eigen(form, sae_out.model.W_enc.detach()[[f]].to(form.W.dtype), keep=2)
-        pred = (eig.values[0] * (x @ eig.vectors[0].T).square()).sum(-1)
-        z = f_out[:, 1:, f].flatten()
-        m = z > 0
+        m = z[:, k] > 0
         r = result["top2_approximation"][k]
-        ax.scatter(pred[m].numpy(), z[m].numpy(), s=3, alpha=0.5,
+        ax.scatter(pred[m, k].numpy(), z[m, k].numpy(), s=3, alpha=0.5,
                    label=f"feature {f}: r={r.get('corr_active', float('nan')):.2f} active, "
                          f"{r.get('corr_large', float('nan')):.2f} large")
     ax.set(xlabel="top-2 approximation Σ λ_i (v_i·x)²", ylabel="SAE activation", title="top-2 approximation (active positions)")

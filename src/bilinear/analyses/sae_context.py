@@ -18,6 +18,7 @@ from bilinear import checkpoint
 from bilinear.errors import CheckpointError, ConfigError
 from bilinear.models import load_run_model
 from bilinear.models.transformer import site_name
+from bilinear.tasks.sae import LM_REF
 
 
 @dataclass
@@ -49,25 +50,26 @@ def open_sae(sae_dir: str | Path, device: torch.device) -> SAERun:
     return SAERun(sae_dir, cfg, model, int(cfg.sae.layer), str(cfg.sae.site))
 
 
-def check_against_lm(sae: SAERun, lm_dir: Path, lm_model: torch.nn.Module) -> None:
+def check_against_lm(sae: SAERun, lm_dir: Path, lm_model: torch.nn.Module, lm_weights_sha256: str) -> None:
     """CheckpointError unless the SAE was trained on this LM: matching d_model, layer in range, same weights."""
     d_lm = lm_model.embed.weight.shape[1]
     if sae.model.d_model != d_lm:
         raise CheckpointError(f"{sae.dir}: SAE d_model={sae.model.d_model} does not match the LM's d_model={d_lm} ({lm_dir})")
     if not 0 <= sae.layer < lm_model.n_layer:
         raise CheckpointError(f"{sae.dir}: SAE layer {sae.layer} is not a layer of {lm_dir} ({lm_model.n_layer} layers)")
-    ref_path = sae.dir / "lm.json"
+    ref_path = sae.dir / LM_REF
     if not ref_path.exists():
         raise CheckpointError(f"{sae.dir}: no lm.json saying which LM the SAE was trained on")
     ref = checkpoint.read_json(ref_path)
-    if ref.get("weights_sha256") != checkpoint.file_sha256(lm_dir / checkpoint.WEIGHTS):
+    if ref.get("weights_sha256") != lm_weights_sha256:
         raise CheckpointError(f"{sae.dir}: SAE was trained on the LM at {ref.get('path')}, whose weights differ from {lm_dir}'s")
 
 
-def open_saes(paths, lm_dir: Path, lm_model: torch.nn.Module, device: torch.device) -> list[SAERun]:
+def open_saes(paths, lm_dir: Path, lm_model: torch.nn.Module, lm_weights_sha256: str,
+              device: torch.device) -> list[SAERun]:
     saes = [open_sae(p, device) for p in paths or []]
     for s in saes:
-        check_against_lm(s, lm_dir, lm_model)
+        check_against_lm(s, lm_dir, lm_model, lm_weights_sha256)
     return saes
 
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bilinear import checkpoint, plots
 from bilinear.analyses import register
+from bilinear.analyses.lm_exactness import heldout_windows
 from bilinear.analyses.lowrank import lowrank_correlations
 from bilinear.report import Row, claim
-from bilinear.tasks.lm import load_run_tokens, windows
+from bilinear.tasks.lm import load_run_tokens
 from bilinear.tasks.sae import open_lm_run
 
 # PAPER.md §3 "SAEs", Fig 23: the TinyStories model's loss added for layers 1-6
@@ -60,20 +60,17 @@ def sae_quality(runs, out: Path, cfg) -> dict:
     return result
 
 
-def _heldout(lm_dir: Path, lm_cfg, lm, n_seqs: int) -> torch.Tensor:
-    val = load_run_tokens(lm_dir, lm_cfg).val
-    n = max(1, min(n_seqs, (len(val) - 1) // lm.n_ctx))
-    return windows(val, np.arange(n) * lm.n_ctx, lm.n_ctx)
-
-
 @register("sae_training_length", kinds=("sae",), scope="cross")
 def sae_training_length(runs, out: Path, cfg) -> dict:
-    rows, corrs = [], {}
+    rows, corrs, lms = [], {}, {}
     for ctx in sorted(runs, key=lambda c: c.metrics.get("tokens") or 0):
         if ctx.run_cfg.sae.site != "mlp_out":
             continue  # the correlation reads output features (E12); an input SAE has none
-        lm_dir, lm_cfg, lm = open_lm_run(ctx.run_cfg.lm, cfg.get("data_root") or ctx.run_cfg.data.root, ctx.device)
-        tokens = _heldout(lm_dir, lm_cfg, lm, int(cfg.interactions.n_sequences)).to(ctx.device)
+        if ctx.run_cfg.lm not in lms:  # the SAEs of one table usually share their LM: load it and its tokens once
+            lm_dir, lm_cfg, lm = open_lm_run(ctx.run_cfg.lm, cfg.get("data_root") or ctx.run_cfg.data.root, ctx.device)
+            val = load_run_tokens(lm_dir, lm_cfg).val
+            lms[ctx.run_cfg.lm] = lm, heldout_windows(val, lm.n_ctx, int(cfg.interactions.n_sequences)).to(ctx.device)
+        lm, tokens = lms[ctx.run_cfg.lm]
         res = lowrank_correlations(lm, ctx.model, tokens, int(ctx.run_cfg.sae.layer), [2], int(cfg.lowrank.min_active))
         c2 = res["corr"][:, 0]
         c2 = c2[~torch.isnan(c2)]
