@@ -14,6 +14,7 @@ run never leaves a half-written file under a final name.
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import json
 import os
@@ -42,10 +43,38 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp creates 0600 whatever the umask; a run on a shared disk must be readable as any other file
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask is process-wide, so reading it later would race threads
+
+
+@contextmanager
+def locked(path: str | Path, what: str = "this file") -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``<path>.lock`` for the block (read-modify-write of merged files).
+
+    Blocks until the lock is free: merged files are short writes, so waiting is right (unlike a run
+    folder's one-writer lock, where a second writer must be refused at once).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_text(path: str | Path, text: str) -> None:
