@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +20,7 @@ from bilinear.decompose import (
     reexpress,
     symmetrize,
 )
+from bilinear.errors import ExactnessError
 from bilinear.models.image import ImageClassifier
 
 dims = st.integers(min_value=1, max_value=9)
@@ -117,6 +119,50 @@ def test_positive_and_negative_selection_is_not_by_magnitude():
     _, pos = eig.positive(2)
     _, neg = eig.negative(1)
     assert pos[0].tolist() == [3.0, 1.0] and neg[0].tolist() == [-5.0]
+
+
+def test_signed_selection_never_returns_the_other_sign():
+    """A class with fewer than k positive (negative) eigenvalues: the selection stops there (issue 12's bug)."""
+    Q = torch.stack([torch.diag(torch.tensor(v, dtype=torch.float64)) for v in ([4.0, -3.0, -2.0, -1.0],
+                                                                                 [2.0, 1.0, 0.5, -0.1])])
+    eig = eigendecompose(Q)
+    idx, pos = eig.positive(3)
+    assert pos.shape == (2, 1) and (pos > 0).all()  # class 0 has one positive eigenvalue, so one column for both
+    assert torch.equal(torch.gather(eig.values, 1, idx), pos)
+    _, neg = eig.negative(3)
+    assert neg.shape == (2, 1) and (neg < 0).all()
+    i0, p0 = eig.positive_in(0, 3)
+    i1, p1 = eig.positive_in(1, 3)
+    assert p0.tolist() == [4.0] and p1.tolist() == [2.0, 1.0, 0.5] and eig.values[1, i1].tolist() == [2.0, 1.0, 0.5]
+    assert eig.negative_in(0, 5)[1].tolist() == [-3.0, -2.0, -1.0] and eig.negative_in(1, 5)[1].tolist() == [-0.1]
+
+
+def test_spectrum_bars_hold_only_their_own_sign():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bilinear import plots
+
+    fig, ax = plt.subplots()
+    plots.eigenvalue_bars(ax, torch.tensor([3.0, -1.0, -2.0, -4.0]), n=3)
+    heights = [b.get_height() for b in ax.patches]  # red bars first, then blue
+    assert heights == [3.0, -4.0, -2.0, -1.0]
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("where", ["W", "P", "embed"])
+def test_non_finite_weights_are_an_exactness_error(where):
+    form = random_form(0, 3, 4, 2, n=5)
+    bad = getattr(form, where).clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ExactnessError, match="non-finite"):
+        BilinearForm(**{**{k: getattr(form, k) for k in ("W", "V", "P", "embed")}, where: bad})
+    Q = interaction_matrices(form, torch.eye(2, dtype=torch.float64))
+    Q[0, 1, 1] = float("inf")
+    with pytest.raises(ExactnessError, match="interaction matrices"):
+        eigendecompose(Q)
 
 
 def test_truncation_keeps_top_k_by_magnitude():

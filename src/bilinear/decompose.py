@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from bilinear.errors import ExactnessError
+
 
 @dataclass
 class BilinearForm:
@@ -47,6 +49,8 @@ class BilinearForm:
             raise ValueError(f"embed {tuple(self.embed.shape)} does not map into the {d}-dim space of W")
         if self.const is not None and not self.homogeneous:
             raise ValueError("an output bias can only be folded in with a homogeneous coordinate")
+        for name in ("W", "V", "P", "embed", "const"):
+            require_finite(getattr(self, name), f"weights {name}")
 
     @property
     def d(self) -> int:
@@ -77,6 +81,17 @@ class BilinearForm:
         z = self.to_z(x)
         out = ((z @ self.W.T) * (z @ self.V.T)) @ self.P.T
         return out if self.const is None else out + self.const
+
+
+def require_finite(t: Tensor | None, what: str) -> None:
+    """ExactnessError naming ``what`` when t holds NaN or inf.
+
+    A NaN passes every ``error > tol`` test (comparisons with NaN are False), so the exactness gate alone would
+    let a diverged model through; this check makes it a one-line error instead.
+    """
+    if t is not None and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise ExactnessError(f"{what} hold {bad} non-finite (NaN/inf) value(s) of {t.numel()}; there is no decomposition to check")
 
 
 def symmetrize(A: Tensor) -> Tensor:
@@ -148,14 +163,39 @@ class Eigen:
         return Eigen(self.values[:, :k], self.vectors[:, :k], iv)
 
     def positive(self, k: int) -> tuple[Tensor, Tensor]:
-        """Indices (k_mat, k) and values of the k most positive eigenvalues per matrix (not by |lambda|)."""
-        vals, idx = self.values.topk(k, dim=-1, largest=True)
-        return idx, vals
+        """Indices and values (k_mat, k') of the most positive eigenvalues per matrix (by value, not |lambda|).
+
+        Only eigenvalues > 0 are returned: k' = min(k, the fewest positive eigenvalues of any matrix), so a matrix
+        with fewer than k of them never contributes a negative value in their place. Use :meth:`positive_in` for
+        one matrix's own (up to k) positive eigenvalues.
+        """
+        return self._signed(k, 1.0)
 
     def negative(self, k: int) -> tuple[Tensor, Tensor]:
-        """Indices and values of the k most negative eigenvalues per matrix."""
-        vals, idx = self.values.topk(k, dim=-1, largest=False)
-        return idx, vals
+        """Indices and values (k_mat, k') of the most negative eigenvalues (< 0) per matrix; k' as in :meth:`positive`."""
+        return self._signed(k, -1.0)
+
+    def positive_in(self, c: int, k: int) -> tuple[Tensor, Tensor]:
+        """Matrix c's up-to-k most positive eigenvalues (> 0): indices and values, each (k_c,), k_c <= k."""
+        idx, vals = self._signed(k, 1.0, self.values[c : c + 1])
+        return idx[0], vals[0]
+
+    def negative_in(self, c: int, k: int) -> tuple[Tensor, Tensor]:
+        """Matrix c's up-to-k most negative eigenvalues (< 0): indices and values, each (k_c,), k_c <= k."""
+        idx, vals = self._signed(k, -1.0, self.values[c : c + 1])
+        return idx[0], vals[0]
+
+    def _signed(self, k: int, sign: float, values: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The k largest of ``sign * values`` among those > 0, as (indices, values), sorted by ``sign * value``.
+
+        topk alone returns k entries whatever their sign, which put negative eigenvalues among the "largest
+        positive" ones of a class with fewer than k positives (a bug the figures and spectrum.json showed).
+        """
+        values = self.values if values is None else values
+        count = int((sign * values > 0).sum(-1).min()) if values.numel() else 0
+        k = min(k, count, values.shape[-1])
+        vals, idx = (sign * values).topk(k, dim=-1)
+        return idx, sign * vals
 
 
 def eigendecompose(Q: Tensor, embed: Tensor | None = None) -> Eigen:
@@ -168,7 +208,9 @@ def eigendecompose(Q: Tensor, embed: Tensor | None = None) -> Eigen:
         embed: (d, n) optional map to input space; if given, the input-space vectors are returned too and
             the sign convention is applied there, where the vectors are looked at.
     """
+    require_finite(Q, "interaction matrices")
     values, vecs = torch.linalg.eigh(symmetrize(Q))
+    require_finite(values, "eigenvalues")
     order = values.abs().argsort(dim=-1, descending=True)
     values = torch.gather(values, -1, order)
     vectors = torch.gather(vecs, -1, order.unsqueeze(-2).expand_as(vecs)).transpose(-1, -2)  # rows
@@ -245,7 +287,10 @@ def reexpress(B: Tensor, U: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def exactness(predicted: Tensor, actual: Tensor) -> dict[str, float]:
-    """Max absolute error and error relative to the largest |actual| (claim C1's two numbers)."""
+    """Max absolute error and error relative to the largest |actual| (claim C1's two numbers).
+
+    NaN anywhere gives NaN errors (``max`` propagates it); callers test ``not rel_error <= tol`` so NaN fails.
+    """
     err = (predicted.double() - actual.double()).abs().max().item()
     scale = actual.double().abs().max().item()
     return {"max_abs_error": err, "rel_error": err / max(scale, 1e-30)}

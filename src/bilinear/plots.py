@@ -62,9 +62,13 @@ def vector_grid(vectors, image_shape, titles: Sequence[str], ncols: int, suptitl
 
 
 def eigenvalue_bars(ax, values, n: int = 20, title: str | None = None) -> None:
-    """The n most positive and n most negative eigenvalues as bars (Fig 3 right)."""
+    """The n most positive and n most negative eigenvalues as bars (Fig 3 right).
+
+    Each side holds only values of its sign: a class with fewer than n positive eigenvalues gets fewer red bars,
+    never negative values drawn as "positive" ones.
+    """
     v = np.sort(to_numpy(values))
-    pos, neg = v[::-1][:n], v[:n]
+    pos, neg = v[::-1][v[::-1] > 0][:n], v[v < 0][:n]
     ax.bar(np.arange(len(pos)), pos, color="tab:red", label="positive")
     ax.bar(np.arange(len(neg)), neg, color="tab:blue", label="negative")
     ax.axhline(0, color="k", linewidth=0.5)
