@@ -9,7 +9,7 @@ from bilinear.config import run_command
 
 @hydra.main(version_base=None, config_path="../conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
-    out_dir = run_command(lambda: analyze_command(cfg))
+    out_dir = run_command(lambda: analyze_command(cfg), write_hint="write the analyses elsewhere with out=<folder>")
     print(out_dir)
 
 

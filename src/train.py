@@ -9,7 +9,7 @@ from bilinear.config import run_command
 
 @hydra.main(version_base=None, config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    run_dir = run_command(lambda: train_command(cfg))
+    run_dir = run_command(lambda: train_command(cfg), write_hint="choose a writable hydra.run.dir=<folder>")
     print(run_dir)
 
 

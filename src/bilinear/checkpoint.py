@@ -96,6 +96,8 @@ def file_sha256(path: str | Path) -> str:
 
 
 def read_json(path: str | Path) -> Any:
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: missing")
     try:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -36,6 +35,19 @@ def train_command(cfg: DictConfig) -> Path:
     return run_dir
 
 
+def default_cross_out(runs: list[Path]) -> Path:
+    """``<parent>/analysis`` when every run sits in one folder (a sweep's); otherwise the user must say.
+
+    The common path of runs in different trees can be far above them (``/`` at worst), and nothing should
+    be written there unasked.
+    """
+    parents = {r.resolve().parent for r in runs}
+    if len(parents) != 1:
+        raise ConfigError(f"config: the runs are in {len(parents)} different folders; say where the cross-run "
+                          "analyses go with out=<folder>")
+    return parents.pop() / "analysis"
+
+
 def analyze_command(cfg: DictConfig) -> Path:
     """Run the requested analyses on one run (``ckpt=``) or across runs (``runs=[...]``)."""
     from bilinear.analyses import run_cross_analyses, run_run_analyses
@@ -47,7 +59,7 @@ def analyze_command(cfg: DictConfig) -> Path:
         return run_run_analyses(Path(cfg.ckpt), cfg)
     if cfg.runs:
         runs = [Path(r) for r in cfg.runs]
-        out = Path(cfg.out) if cfg.out else Path(os.path.commonpath([r.resolve() for r in runs])) / "analysis"
+        out = Path(cfg.out) if cfg.out else default_cross_out(runs)
         return run_cross_analyses(runs, out, cfg)
     raise ConfigError("config: say which run to analyse: ckpt=<run dir> (or runs=[<dir>,...] for cross-run analyses)")
 

@@ -326,15 +326,25 @@ def lm_run_config(spec: LMSpec, task: str, data_root: str, tokenizer: Path | Non
 
 
 def build_model(cfg: DictConfig, state: dict[str, tuple[str, Tensor]], where: Path) -> torch.nn.Module:
-    """Our model from ``cfg`` with ``state`` loaded; a shape that does not fit names their tensor."""
-    from hydra.utils import instantiate
+    """Our model from ``cfg`` with ``state`` loaded; a shape that does not fit names their tensor.
 
-    model = instantiate(cfg.model)
-    expected = model.state_dict()
+    The shapes are compared on the meta device first (no memory): a 1 KB config.json claiming a huge
+    width or context must be refused before anything of that size is allocated.
+    """
+    from bilinear.models.registry import build_model as build_allowed
+    from bilinear.models.registry import check_allocation
+
+    try:
+        meta = build_allowed(cfg.model, device="meta")
+        check_allocation(meta, sum(t.numel() * t.element_size() for _, t in state.values()), str(where))
+    except ConfigError as e:
+        raise CheckpointError(f"{where}: its config.json describes no model we can load ({str(e).removeprefix('config: ')})") from None
+    expected = meta.state_dict()
     for ours, (theirs, tensor) in state.items():
-        if tuple(tensor.shape) != tuple(expected[ours].shape):
-            raise CheckpointError(f"{where}: {theirs} has shape {tuple(tensor.shape)}, but its config.json needs "
-                                  f"{tuple(expected[ours].shape)}")
+        if ours not in expected or tuple(tensor.shape) != tuple(expected[ours].shape):
+            need = tuple(expected[ours].shape) if ours in expected else "no such tensor"
+            raise CheckpointError(f"{where}: {theirs} has shape {tuple(tensor.shape)}, but its config.json needs {need}")
+    model = build_allowed(cfg.model)
     model.load_state_dict({k: v for k, (_, v) in state.items()}, strict=True)
     return model.eval()
 

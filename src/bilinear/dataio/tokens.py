@@ -139,7 +139,7 @@ def _take_chars(docs: Iterator[str], max_chars: int) -> Iterator[str]:
 
 def load_or_build(source, root: str | Path, vocab_size: int, tokenizer_path: str | None = None,
                   max_tokens: int | None = None, tokenizer_chars: int = 50_000_000, verify: bool = True,
-                  log=print) -> TokenData:
+                  log=print, may_build: bool = True) -> TokenData:
     """The cache for ``source`` under ``root``, built once (tokenizer trained on the train split) and reused.
 
     Args:
@@ -148,6 +148,8 @@ def load_or_build(source, root: str | Path, vocab_size: int, tokenizer_path: str
         tokenizer_path: an existing tokenizer.json (or run directory) to use instead of training one.
         max_tokens: cap on the train split's tokens (needed for streamed corpora).
         tokenizer_chars: characters of training text the BPE is trained on.
+        may_build: False when ``root`` came from a run directory rather than from the user: a missing cache
+            is then an error instead of a folder built (or an interrupted one deleted) wherever that run says.
     """
     given = load_tokenizer(tokenizer_path) if tokenizer_path else None
     key = cache_key(source.settings, vocab_size, tokenizer_sha256(given) if given else None, max_tokens)
@@ -158,6 +160,9 @@ def load_or_build(source, root: str | Path, vocab_size: int, tokenizer_path: str
             raise DataError(f"token cache {cache_dir} was made with a different tokenizer than {tokenizer_path}; "
                             f"delete {cache_dir} to rebuild it")
         return data
+    if not may_build:
+        raise DataError(f"token cache {cache_dir} does not exist; pass data_root=<folder> to build it there "
+                        f"(nothing is built where only a run's config.yaml says)")
     if cache_dir.exists():  # an interrupted build: no meta.json means nothing in it was ever trusted
         shutil.rmtree(cache_dir)
     cache_dir.mkdir(parents=True)

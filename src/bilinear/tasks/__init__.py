@@ -1,6 +1,7 @@
 """Tasks: what a training run learns. A task bundles data + model + objective (DESIGN.md "Data flow").
 
-``cfg.task._target_`` names the task class; it is built as ``Task(cfg, device)``. The training loop
+``cfg.task._target_`` names the task class, one of ``TASK_CLASSES`` (an allow-list, like the models':
+nothing imports whatever a config names); it is built as ``Task(cfg, device)``. The training loop
 (``bilinear.training.fit``) and the analyses (``bilinear.analyses``) only use the protocol below.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
@@ -41,10 +41,20 @@ class Task(Protocol):
         """Anything besides the weights that analysis needs (a tokenizer, ...)."""
 
 
+TASK_CLASSES = {
+    "bilinear.tasks.image.ImageTask": ("bilinear.tasks.image", "ImageTask"),
+    "bilinear.tasks.casper.CasperTask": ("bilinear.tasks.casper", "CasperTask"),
+    "bilinear.tasks.gates.GatesTask": ("bilinear.tasks.gates", "GatesTask"),
+    "bilinear.tasks.lm.LMTask": ("bilinear.tasks.lm", "LMTask"),
+    "bilinear.tasks.sae.SAETask": ("bilinear.tasks.sae", "SAETask"),
+}
+
+
 def build_task(cfg: DictConfig, device: torch.device) -> Task:
+    import importlib
+
     target = cfg.task.get("_target_")
-    try:
-        cls = get_class(target)
-    except Exception:  # noqa: BLE001 - hydra raises several kinds
-        raise ConfigError(f"config: task._target_ {target!r} is not an importable task class") from None
-    return cls(cfg, device)
+    if target not in TASK_CLASSES:
+        raise ConfigError(f"config: task._target_ {target!r} is not one of the suite's tasks ({', '.join(TASK_CLASSES)})")
+    module, name = TASK_CLASSES[target]  # imported lazily: the LM tasks pull in tokenizers and datasets
+    return getattr(importlib.import_module(module), name)(cfg, device)

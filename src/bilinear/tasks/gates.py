@@ -16,11 +16,11 @@ import itertools
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from bilinear.errors import ConfigError
+from bilinear.models.registry import build_model
 
 GATES = {
     "and": lambda a, b: a * b,
@@ -69,7 +69,7 @@ class GatesTask:
         # threads on a loaded 2-core machine), so the whole process runs single-threaded.
         torch.set_num_threads(1)
         torch.manual_seed(cfg.seed)
-        self.model: nn.Module = instantiate(cfg.model).to(device)
+        self.model: nn.Module = build_model(cfg.model).to(device)
         t = cfg.train
         if t.steps < 1 or t.batch_size < 1:
             raise ConfigError(f"config: train.steps and train.batch_size must be >= 1, got {t.steps} and {t.batch_size}")

@@ -11,13 +11,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from bilinear.augment import build_perturbations
 from bilinear.errors import ConfigError
 from bilinear.dataio.images import ImageData, load_image_dataset
+from bilinear.models.registry import build_model
 
 
 def load_data(cfg: DictConfig, device: torch.device) -> ImageData:
@@ -53,7 +53,7 @@ class ImageTask:
         if cfg.model.d_input != self.data.train_x.shape[1]:
             raise ConfigError(f"config: model.d_input={cfg.model.d_input} but {cfg.data.name} images have {self.data.train_x.shape[1]} values")
         torch.manual_seed(cfg.seed)
-        self.model: nn.Module = instantiate(cfg.model).to(device)
+        self.model: nn.Module = build_model(cfg.model).to(device)
         t = cfg.train
         if t.epochs < 1 or t.batch_size < 1:
             raise ConfigError(f"config: train.epochs and train.batch_size must be >= 1, got {t.epochs} and {t.batch_size}")

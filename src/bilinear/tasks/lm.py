@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
@@ -33,21 +32,27 @@ from bilinear.dataio.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer, token
 from bilinear.dataio.tokens import TokenData, load_or_build
 from bilinear.errors import CheckpointError, ConfigError, DataError
 from bilinear.layers import Bilinear
+from bilinear.models.registry import build_model
 
 
-def load_tokens(cfg: DictConfig, log=print) -> TokenData:
-    """The run's token cache (built on first use), from the ``data`` section of a training config."""
+def load_tokens(cfg: DictConfig, log=print, may_build: bool = True) -> TokenData:
+    """The run's token cache (built on first use unless ``may_build`` is False), from the ``data`` section of a
+    training config."""
     d = cfg.data
     return load_or_build(build_source(d), d.root, int(d.vocab_size), tokenizer_path=d.get("tokenizer"),
                          max_tokens=d.get("max_tokens"), tokenizer_chars=int(d.get("tokenizer_chars") or 50_000_000),
-                         verify=bool(d.get("verify", True)), log=log)
+                         verify=bool(d.get("verify", True)), log=log, may_build=may_build)
 
 
-def load_run_tokens(run_dir, run_cfg: DictConfig, tokenizer=None) -> TokenData:
+def load_run_tokens(run_dir, run_cfg: DictConfig, tokenizer=None, may_build: bool = False) -> TokenData:
     """The token cache of a finished LM run, refused (DataError) if it was made with another tokenizer than the
-    run's own tokenizer.json. ``run_cfg.data.root`` says where to look (callers override it with data_root=)."""
+    run's own tokenizer.json. ``run_cfg.data.root`` says where to look (callers override it with data_root=).
+
+    ``may_build``: build a missing cache. Only when the caller's user named the data root: a run directory
+    may come from anyone, and its config.yaml must not choose where we write.
+    """
     tokenizer = tokenizer or load_tokenizer(run_dir)
-    data = load_tokens(run_cfg, log=lambda *_: None)
+    data = load_tokens(run_cfg, log=lambda *_: None, may_build=may_build)
     if data.tokenizer_sha256 != tokenizer_sha256(tokenizer):
         raise DataError(f"token cache {data.dir} was made with a different tokenizer than {run_dir}'s "
                         f"tokenizer.json; pass data_root=<the run's data root> or delete the cache")
@@ -221,12 +226,7 @@ class LMTask:
             raise ConfigError(f"config: model.vocab_size={cfg.model.vocab_size} is smaller than the tokenizer's "
                               f"{vocab} tokens")
         torch.manual_seed(cfg.seed)
-        try:
-            self.model: nn.Module = instantiate(cfg.model).to(device)
-        except Exception as e:  # noqa: BLE001 - hydra wraps the model's own ConfigError
-            if isinstance(e.__cause__, ConfigError):
-                raise e.__cause__ from None
-            raise
+        self.model: nn.Module = build_model(cfg.model).to(device)
         self.beta_anneal_fraction = anneal_fraction(cfg)
         self.init_from, self.init_sha = t.get("init_from"), None
         if self.init_from:  # E15: start from a finished run (a resumed run then loads its own checkpoint over it)

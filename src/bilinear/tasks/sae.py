@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from bilinear import checkpoint
 from bilinear.errors import CheckpointError, ConfigError
 from bilinear.models import load_run_model
+from bilinear.models.registry import build_model
 from bilinear.models.transformer import site_name
 from bilinear.tasks.lm import load_run_tokens, windows
 
@@ -137,12 +137,12 @@ class SAETask:
         OmegaConf.update(cfg, "lm", str(self.lm_dir.resolve()))
         self.layer, self.site = int(layer), str(cfg.sae.site)
         torch.manual_seed(cfg.seed)
-        self.model: nn.Module = instantiate(cfg.model).to(device)
+        self.model: nn.Module = build_model(cfg.model).to(device)
 
         t, d = cfg.train, cfg.data
         if t.batch_size < 1 or t.tokens < 1:
             raise ConfigError(f"config: train.batch_size and train.tokens must be >= 1, got {t.batch_size}, {t.tokens}")
-        self.data = load_run_tokens(self.lm_dir, self.lm_cfg)
+        self.data = load_run_tokens(self.lm_dir, self.lm_cfg, may_build=True)  # the data root is this command's own
         make = lambda split: ActivationSource(self.lm, split, self.layer, self.site, d.skip_first, d.lm_batch, device)  # noqa: E731
         self.train_source, self.val_source = make(self.data.train), make(self.data.val)
         self.buffer = ActivationBuffer(self.train_source, int(d.buffer_tokens), int(t.batch_size), int(cfg.seed))
