@@ -121,3 +121,47 @@ def test_sweep_analyses_from_the_cli(tiny_mnist_run, tmp_path):
     assert s["n_seeds"] == 4 and s["full_equals_model_all"]
     for f in ("noise_sweep/noise_sweep.png", "sparsity_grid/sparsity_grid.png", "truncation_sizes/truncation_sizes.png"):
         assert (out / f).is_file(), f
+
+
+def planted_run(name: str, seed: int, vectors: torch.Tensor, values: list[float]) -> SimpleNamespace:
+    """fake_run with planted eigenvalues (one list, ordered by |lambda|, for every class)."""
+    run = fake_run(name, seed, vectors)
+    run.class_eigen = Eigen(values=torch.tensor(values, dtype=torch.float64).repeat(vectors.shape[0], 1), vectors=vectors,
+                            input_vectors=vectors)
+    return run
+
+
+def test_authors_metric_uses_eighs_order_and_counts_self_pairs(tmp_path):
+    """Fig 5A as the authors' script computes it: vector 1 = the most negative eigenvalue's, pairs a <= b."""
+    from bilinear.analyses.consistency import consistency
+
+    cfg = OmegaConf.load(ROOT / "conf" / "analyze.yaml")
+    cfg.consistency.n_vectors = 2
+    g = torch.Generator().manual_seed(1)
+    q = torch.linalg.qr(torch.randn(2, 12, 4, dtype=torch.float64, generator=g)).Q.transpose(-1, -2)  # (2, 4, 12) orthonormal
+    a = q[:, :3]
+    b = torch.stack([q[:, 0], q[:, 3], q[:, 2]], 1)  # same top |lambda| vector; the negative one replaced by an orthogonal one
+    m = consistency([planted_run("a", 0, a, [3.0, -2.0, 1.0]), planted_run("b", 1, b, [3.0, -2.0, 1.0])], tmp_path, cfg)
+    s = m["per_size"]["8"]
+    assert s["top1"] == pytest.approx(1.0)  # by |lambda|, distinct seeds
+    assert s["most_negative"]["top1"] == pytest.approx(0.0, abs=1e-12)  # eigh's first vector differs completely
+    pm = s["paper_metric"]
+    assert pm["n_pairs"] == 3 and pm["n_self_pairs"] == 2
+    assert pm["top1"] == pytest.approx(2 / 3)  # (1 + 1 + 0) / 3: the self-pairs alone lift 0 to 0.67
+    assert pm["lo"][0] < pm["top1"] < pm["hi"][0]
+
+
+def test_swap_statistics_count_order_swaps_of_near_equal_eigenvalues(tmp_path):
+    from bilinear.analyses.consistency import consistency
+
+    cfg = OmegaConf.load(ROOT / "conf" / "analyze.yaml")
+    cfg.consistency.n_vectors = 3
+    g = torch.Generator().manual_seed(2)
+    q = torch.linalg.qr(torch.randn(2, 12, 3, dtype=torch.float64, generator=g)).Q.transpose(-1, -2)
+    swapped = q[:, [1, 0, 2]]  # the first two trade ranks: a +/- pair of nearly equal |lambda| in the second seed
+    m = consistency([planted_run("a", 0, q, [3.0, -2.0, 1.0]), planted_run("b", 1, swapped, [-3.0, 2.95, 1.0])], tmp_path, cfg)
+    sw = m["per_size"]["8"]["swaps"]
+    assert sw["n_cases"] == 2 * 2  # one pair, two classes, both directions
+    assert sw["swap_fraction"] == 1.0 and sw["sign_disagree_fraction"] == 1.0 and sw["sign_disagree_given_swap"] == 1.0
+    assert sw["index_matched"] == pytest.approx(0.0, abs=1e-12) and sw["best_match"] == pytest.approx(1.0)
+    assert sw["near_equal_fraction"] == 0.5  # run b's classes (2.95 / 3 >= 0.9), not run a's (2 / 3)

@@ -40,8 +40,11 @@ def test_every_run_analysis_writes_figures_and_metrics(analysed_run):
     assert m["exactness_rel_error"] <= 1e-4
     sp = m["spectrum"]
     assert sp["shown_classes"] == ["3", "2"]
-    for shown in sp["shown"].values():  # the 20 + 20 largest eigenvalues (d_hidden 32 has 32)
-        assert len(shown["largest_positive"]) == 20 and len(shown["largest_negative"]) == 20
+    for shown in sp["shown"].values():  # up to 20 per sign, each list only of its own sign (d_hidden 32 has 32 in all)
+        pos, neg = shown["largest_positive"], shown["largest_negative"]
+        assert 0 < len(pos) <= 20 and 0 < len(neg) <= 20 and len(pos) + len(neg) <= 32
+        assert all(v > 0 for v in pos) and all(v < 0 for v in neg)
+        assert pos == sorted(pos, reverse=True) and neg == sorted(neg)
         assert shown["largest_positive"] == sorted(shown["largest_positive"], reverse=True)
     of = m["overfitting"]
     assert of["verdict"] and isinstance(of["overfits"], bool)
@@ -127,3 +130,64 @@ def test_bad_explain_index_is_a_clean_error(analysed_run, tmp_path):
     cfg.explain.index = 100000
     with pytest.raises(ConfigError, match="explain.index"):
         explain(RunContext(analysed_run, cfg), tmp_path)
+
+
+def strict_json(path: Path) -> dict:
+    """json.loads that refuses the bare NaN / Infinity tokens Python would otherwise accept."""
+    def refuse(token):
+        raise ValueError(f"{path} holds the non-JSON token {token}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_nan_weights_are_a_one_line_error_recorded_for_c1(tiny_mnist_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_mnist_run, run, ignore=shutil.ignore_patterns("analysis"))
+    w = load_file(str(run / "model.safetensors"))
+    w["head.weight"][0, 0] = float("nan")  # NaN > tol is False: the exactness gate alone would let this through
+    from safetensors.torch import save_file
+
+    save_file(w, str(run / "model.safetensors"))
+    proc = run_cli("analyze", f"ckpt={run}", "analyses=[spectrum]", check=False)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and err.startswith("error:") and len(err.splitlines()) == 1 and "non-finite" in err, err
+    assert "Traceback" not in proc.stdout + proc.stderr
+    m = strict_json(run / "analysis" / "metrics.json")
+    check = m["exactness_checks"]["the model's weights"]
+    assert check["passed"] is False and "non-finite" in check["error"] and m["spectrum"]["failed"] is True
+
+
+def test_metrics_merge_is_locked_and_writes_valid_json(tmp_path, monkeypatch):
+    """Two analyses ending together both land in metrics.json; NaN is written as null, not as a bare NaN token."""
+    import threading
+    import time
+
+    from bilinear import checkpoint
+    from bilinear.analyses import _merge_metrics
+
+    read = checkpoint.read_json
+
+    def slow_read(path):  # widen the read-modify-write window so an unlocked merge would lose updates
+        out = read(path)
+        time.sleep(0.01)
+        return out
+
+    monkeypatch.setattr(checkpoint, "read_json", slow_read)
+    path = tmp_path / "analysis" / "metrics.json"
+    threads = [threading.Thread(target=_merge_metrics, args=(path, {f"a{i}": float("nan") if i == 0 else i})) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    m = strict_json(path)
+    assert set(m) == {f"a{i}" for i in range(12)} and m["a0"] is None
+
+
+def test_analyze_prints_one_line_per_analysis(tiny_mnist_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_mnist_run, run, ignore=shutil.ignore_patterns("analysis"))
+    proc = run_cli("analyze", f"ckpt={run}", "analyses=[spectrum,eigenvectors]")
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[analyze]")]
+    assert [ln.split()[1] for ln in lines] == ["spectrum", "eigenvectors"]
+    assert all(" done in " in ln and ln.split(" done in ")[1].split()[0].replace(".", "").isdigit() for ln in lines)
+    assert proc.stdout.strip().splitlines()[-1] == str(run / "analysis")

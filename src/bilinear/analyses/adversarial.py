@@ -30,11 +30,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from bilinear import checkpoint, plots
-from bilinear.analyses import register
+from bilinear import plots
+from bilinear.analyses import register, write_json
 from bilinear.decompose import pseudoinverse_keys
 from bilinear.errors import ConfigError, ExactnessError
-from bilinear.report import Results, Row, claim
 
 VARIANTS = ("dense", "edge")
 
@@ -112,6 +111,9 @@ def adversarial(ctx, out: Path) -> dict:
 
     # --- masks from the weights (plus training-image statistics for the sign and the edge pixels) ---
     idx, vals = eig.positive(n_stack)  # (classes, n_stack), most positive first
+    if idx.shape[1] < n_stack:  # positive() never pads with negative eigenvalues
+        raise ConfigError(f"config: some class has only {idx.shape[1]} positive eigenvalues, fewer than "
+                          f"adversarial.n_stack={n_stack}; lower it")
     hidden = torch.stack([eig.vectors[c, idx[c]] for c in range(n_classes)]).reshape(n_classes * n_stack, -1)
     embed = ctx.form.embed[:, :n_pix] if ctx.form.embed is not None else torch.eye(hidden.shape[1], n_pix, dtype=hidden.dtype)
     keys, gram = build_keys(hidden, embed.to(hidden), n_classes, n_stack, data.train_x, data.train_y)
@@ -179,7 +181,7 @@ def adversarial(ctx, out: Path) -> dict:
     if worst_quad_err > 1e-3:
         raise ExactnessError(f"{ctx.run_dir}: logits are not quadratic in the mask strength (relative error "
                              f"{worst_quad_err:.1e}); the model is not a pure bilinear form")
-    checkpoint.write_json(out / "adversarial.json", result)
+    write_json(out / "adversarial.json", result)
     return result
 
 
@@ -215,54 +217,3 @@ def _figure(path: Path, variant: str, ex: dict, summary: dict, strengths: torch.
                  "95% CI, test set", fontsize=9)
     fig.tight_layout()
     plots.save(fig, path)
-
-
-@claim("C10")
-def adversarial_claim(res: Results) -> Row | None:
-    paper = ("masks cut accuracy well below random baselines and raise misclassified-as-target (digit 0: dense 99.5→95.9→85.5% "
-             "at s=0.2/0.3; edge, unregularized 99.1→52.6→31.7%)")
-    if "adversarial" not in res.experiments:
-        return None
-    parts, figs, ok = [], [], []
-    for run, variant, what in (("dense_model", "dense", "dense mask, noise-0.15 model"),
-                               ("edge_model", "edge", "edge mask, unregularized model")):
-        m = ((res.analysis("adversarial", run) or {}).get("adversarial") or {}).get(variant)
-        if not m:
-            continue
-        a = res.analysis("adversarial", run)["adversarial"]
-        st = a["strengths"]
-        i2 = min(range(len(st)), key=lambda i: abs(st[i] - 0.2))
-        mid = f"{100 * m['mask_acc_mean'][i2]:.1f}% at s={st[i2]:g} → " if abs(st[i2] - 0.2) < 1e-6 else ""
-        parts.append(f"{what}: accuracy {100 * a['clean_test_acc']:.1f}% → {mid}"
-                     f"{100 * m['mask_acc_mean'][-1]:.1f}±{100 * m['mask_acc_ci95'][-1]:.1f}% at s={st[-1]:g} "
-                     f"(baseline {100 * m['baseline_acc_mean'][-1]:.1f}±{100 * m['baseline_acc_ci95'][-1]:.1f}%); "
-                     f"misclassified as target {100 * m['mask_target_mean'][-1]:.1f}% (baseline {100 * m['baseline_target_mean'][-1]:.1f}%)")
-        ok.append(m["separated_at_max_strength"])
-        f = res.figure("adversarial", run, "analysis", "adversarial", f"adversarial_{variant}.png")
-        if f:
-            figs.append(f)
-    if not parts:
-        return Row("C10", paper, "—", "not run: " + ("; ".join(res.errors("adversarial")) or "no analysis output"))
-    a = next(res.analysis("adversarial", r)["adversarial"] for r in ("dense_model", "edge_model")
-             if ((res.analysis("adversarial", r) or {}).get("adversarial")))
-    verdict = "reproduced" if all(ok) and len(ok) == 2 else ("partly" if any(ok) else "NOT reproduced")
-    notes = (f"Masks are built from the weights alone (pseudoinverse of the top-{a['n_stack']} positive eigenvectors of every "
-             "digit in the hidden space, mapped to pixels through the embedding; largest |key·readout − δ| "
-             f"{max(a['pinv_max_abs_offdiag'], a['pinv_max_abs_diag_error']):.1e}), signed with training-image statistics and "
-             f"evaluated on the **test set** ({a['n_eval']} images; the authors used the training set); means over 10 digits × "
-             f"top-{a['top']} eigenvectors with 95% t-intervals. Accuracy is over all test images; misclassified-as-target "
-             "over images not of the target digit. Baselines: the same dense mask with its pixels permuted; Gaussian values "
-             "on the same edge pixels, normalized alike. Logits at each strength follow exactly from passes at s = 0, ±1 "
-             f"(the model is quadratic; checked against a direct pass, rel. error {a['quadratic_identity_rel_error']:.1e}).")
-    for exp in ("e7_augment", "e7_rotation", "e7_translation", "e7_blur"):
-        grid = ((res.analysis(exp, None) or {}).get("augment_grid")) or {}
-        if grid.get("runs"):
-            rows = ", ".join(f"{name} {100 * (r['test_acc'] or 0):.1f}% (edge mass {r['edge_mass_top']:.2f})"
-                             for name, r in grid["runs"].items())
-            notes += (f"\n\nE7 (Appendix B) `{exp}`: regularizers and augmentations decide how much the rarely-on edge pixels "
-                      "that the edge masks exploit are overfit. Test accuracy and the top positive eigenvectors' mass on "
-                      f"pixels of mean training intensity < {grid['edge_threshold']}: {rows}.")
-        f7 = res.figure(exp, "analysis", "augment_grid", "augment_grid.png")
-        if f7:
-            figs.append(f7)
-    return Row("C10", paper, "; ".join(parts), verdict, figures=figs, notes=notes)

@@ -13,8 +13,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from bilinear import checkpoint, plots
-from bilinear.analyses import register
+from bilinear import plots
+from bilinear.analyses import register, write_json
 from bilinear.decompose import effective_rank
 
 
@@ -51,6 +51,6 @@ def augment_grid(runs: list, out: Path, cfg) -> dict:
     plots.save(fig, out / "augment_grid.png")
     plt.close("all")
     result = {"runs": table, "classes": classes, "edge_threshold": float(p.edge_threshold)}
-    checkpoint.write_json(out / "augment_grid.json", result)
+    write_json(out / "augment_grid.json", result)
     return result
 

@@ -3,6 +3,10 @@
 The per-class decomposition is stored in <run>/analysis/decomposition.safetensors, keyed by the hash of
 the weights, so several analyses (and several ``python -m analyze`` calls) share it. Before it is
 handed out it is checked against the model's own logits on the test set (claim C1, DESIGN principle 3).
+
+Every exactness check, passed or failed, is recorded in ``RunContext.exactness_checks`` BEFORE a failure
+raises, and the analysis runner writes those records to analysis/metrics.json even when the call fails: C1
+counts every decomposition attempted, not only those that passed.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class RunContext:
         # ckpt=<run> out=<dir> puts the analyses elsewhere (reproduce keeps SAE analyses apart from the LM's own)
         self.analysis_dir = Path(cfg.out) if cfg.get("out") and cfg.get("ckpt") else self.run_dir / "analysis"
         self.shared_metrics: dict[str, Any] = {}
+        # what -> {rel_error, max_abs_error, tol, passed, run[, error]}: every check made, including failed ones
+        self.exactness_checks: dict[str, dict[str, Any]] = {}
         self.model  # noqa: B018 - load now so a bad checkpoint fails before any analysis starts
         if cfg.get("saes"):
             self.saes  # noqa: B018 - and so does an SAE that does not belong to this LM
@@ -71,7 +77,8 @@ class RunContext:
         """The run's token cache (held-out tokens in ``.val``); refused if made with another tokenizer."""
         from bilinear.tasks.lm import load_run_tokens
 
-        return load_run_tokens(self.run_dir, self.run_cfg, self.tokenizer)
+        # build a missing cache only where the analyst named the data root, never where the run says
+        return load_run_tokens(self.run_dir, self.run_cfg, self.tokenizer, may_build=bool(self.cfg.get("data_root")))
 
     @cached_property
     def saes(self):
@@ -82,15 +89,32 @@ class RunContext:
 
     @cached_property
     def form(self) -> BilinearForm:
-        """The model's bilinear weights in float64 (the decomposition space is the embedding's output)."""
-        return self.model.bilinear_form().to(dtype=torch.float64)
+        """The model's bilinear weights in float64 (the decomposition space is the embedding's output).
+
+        Non-finite weights are an ExactnessError (recorded for C1): NaN would pass the tolerance test."""
+        try:
+            return self.model.bilinear_form().to(dtype=torch.float64)
+        except ExactnessError as e:
+            self.record_failure("the model's weights", e)
+
+    def record_failure(self, what: str, err: Exception) -> None:
+        """Record a decomposition that could not even be attempted (non-finite weights or eigenvalues), then raise
+        ExactnessError naming the run."""
+        msg = f"{self.run_dir}: {err}"
+        self.exactness_checks[what] = {"run": str(self.run_dir), "rel_error": None, "max_abs_error": None,
+                                       "tol": self.exactness_tol, "passed": False, "error": msg}
+        raise ExactnessError(msg) from err
 
     @cached_property
     def class_eigen(self) -> Eigen:
         """Eigendecomposition of Q_c for every class c (output direction = unit vector e_c), checked exact."""
         eig = self._cached_eigen()
         if eig is None:
-            eig = decompose_outputs(self.form, torch.eye(self.form.n_outputs, dtype=torch.float64, device=self.device))
+            form = self.form  # non-finite weights fail here, recorded as such
+            try:
+                eig = decompose_outputs(form, torch.eye(form.n_outputs, dtype=torch.float64, device=self.device))
+            except ExactnessError as e:  # non-finite interaction matrices or eigenvalues
+                self.record_failure("the class logits", e)
             self._save_eigen(eig)
         self._check_exactness(eig)
         return eig
@@ -131,18 +155,34 @@ class RunContext:
                 xb = x[i : i + 1024]
                 actual.append(self.model(xb).double())
                 preds.append(reconstruct(eig, self.form.to_z(xb)))
-        self.shared_metrics.update(self.check_exact(torch.cat(preds), torch.cat(actual), "the class logits"))
+        predicted, actual = torch.cat(preds), torch.cat(actual)
+        err = exactness(predicted, actual)
+        # the top-level numbers first, so a failing check replaces an earlier call's passing ones before it raises
+        self.shared_metrics.update({"exactness_max_abs_error": err["max_abs_error"], "exactness_rel_error": err["rel_error"],
+                                    "exactness_n_inputs": len(actual)})
+        self.require_exact(err, "the class logits")
+
+    @property
+    def exactness_tol(self) -> float:
+        return float(self.cfg.get("exactness_tol", 1e-4))
 
     def require_exact(self, err: dict[str, float], what: str) -> None:
-        """ExactnessError when a decomposition's relative error (``decompose.exactness``) exceeds exactness_tol."""
-        tol = float(self.cfg.get("exactness_tol", 1e-4))
-        if err["rel_error"] > tol:
-            raise ExactnessError(f"{self.run_dir}: the decomposition of {what} does not reproduce the model (relative "
-                                 f"error {err['rel_error']:.2e} > {tol:.0e}); refusing to analyse")
+        """Record a decomposition's error (``decompose.exactness``) for C1, then raise ExactnessError when its
+        relative error exceeds exactness_tol. NaN fails too (``NaN > tol`` would be False)."""
+        tol = self.exactness_tol
+        rel = err["rel_error"]
+        passed = bool(rel <= tol)  # False for NaN
+        self.exactness_checks[what] = {"run": str(self.run_dir), "rel_error": rel, "max_abs_error": err["max_abs_error"],
+                                       "tol": tol, "passed": passed}
+        if not passed:
+            msg = (f"{self.run_dir}: the decomposition of {what} does not reproduce the model (relative error {rel:.2e} > "
+                   f"{tol:.0e}); refusing to analyse")
+            self.exactness_checks[what]["error"] = msg
+            raise ExactnessError(msg)
 
     def check_exact(self, predicted: torch.Tensor, actual: torch.Tensor, what: str) -> dict[str, float]:
         """Compare a reconstruction with the model's own outputs on real inputs (DESIGN principle 3); the error
-        goes into the analysis metrics, and above tolerance the analysis stops."""
+        goes into the analysis metrics (recorded before a failure raises), and above tolerance the analysis stops."""
         err = exactness(predicted, actual)
         self.require_exact(err, what)
         return {"exactness_max_abs_error": err["max_abs_error"], "exactness_rel_error": err["rel_error"],

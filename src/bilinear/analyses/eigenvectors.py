@@ -15,10 +15,9 @@ from pathlib import Path
 
 import torch
 
-from bilinear import checkpoint, plots
-from bilinear.analyses import register
+from bilinear import plots
+from bilinear.analyses import register, write_json
 from bilinear.decompose import abs_cosine, abs_cosine_matrix
-from bilinear.report import Results, Row, claim
 
 
 @register("eigenvectors", kinds=("image",))
@@ -52,36 +51,5 @@ def eigenvectors(ctx, out: Path) -> dict:
               "top_positive_eigenvalue": dict(zip(data.classes, vals[:, 0].tolist())),
               "selectivity": dict(zip(data.classes, selectivity.tolist())), "selectivity_avg": selectivity.mean().item(),
               "fraction_most_active_on_own_class": own_resp.mean().item()}
-    checkpoint.write_json(out / "eigenvectors.json", result)
+    write_json(out / "eigenvectors.json", result)
     return result
-
-
-@claim("C3")
-def eigenvectors_claim(res: Results) -> Row | None:
-    paper = ("MNIST: class-specific strokes/prototypes; Fashion-MNIST: localized edge detectors. "
-             "Proxy: cosine of the top eigenvector with the class mean")
-    parts, figs, own = [], [], {}
-    for exp in ("mnist", "fmnist"):
-        m = (res.analysis(exp) or {}).get("eigenvectors")
-        if not m:
-            continue
-        parts.append(f"{exp}: |cos| with class mean {m['cos_class_mean_avg']:.2f}, with centered class mean "
-                     f"{m['cos_centered_class_mean_avg']:.2f}; closest to its own class's centered mean for "
-                     f"{100 * m['fraction_closest_to_own_class']:.0f}% of classes")
-        if "selectivity_avg" in m:
-            parts[-1] += (f"; most active on its own class's test images for {100 * m['fraction_most_active_on_own_class']:.0f}% "
-                          f"of classes (own-class activation / mean over classes {m['selectivity_avg']:.2f})")
-        own[exp] = m.get("fraction_most_active_on_own_class", m["fraction_closest_to_own_class"])
-        f = res.figure(exp, "main", "analysis", "eigenvectors", "top_eigenvectors.png")
-        if f:
-            figs.append(f)
-    if not parts:
-        return None
-    good = own.get("mnist", 0) >= 0.8
-    verdict = ("reproduced (proxy; see figures)" if good else "partly (proxy; see figures)" if own.get("mnist", 0) >= 0.5
-               else "NOT reproduced (proxy)")
-    return Row("C3", paper, "; ".join(parts), verdict, figures=figs,
-               notes="The class-mean cosine rewards any mostly-positive blob, and signed stroke detectors resemble no "
-                     "mean image, so the verdict uses selectivity: whether each class's top positive eigenvector responds "
-                     "((v·x)², mean over test images) most to its own class. The cosines with the class mean and the "
-                     "centered class mean are reported beside it. The Fashion-MNIST edge-detector claim is judged from the figure.")

@@ -16,8 +16,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from bilinear import checkpoint, plots
-from bilinear.analyses import register
+from bilinear import plots
+from bilinear.analyses import register, write_json
 from bilinear.decompose import eigen_activations
 from bilinear.errors import ConfigError
 
@@ -117,5 +117,5 @@ def explain(ctx, out: Path) -> dict:
     result = {"source": source, "label": None if label is None else data.classes[label],
               "prediction": data.classes[top[0]], "logits": dict(zip(data.classes, logits.tolist())),
               "activation_sum_error": recon_err, "classes": classes, "figure": f"{name}.png"}
-    checkpoint.write_json(out / f"{name}.json", result)
+    write_json(out / f"{name}.json", result)
     return result

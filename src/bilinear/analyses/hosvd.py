@@ -14,12 +14,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from bilinear import checkpoint, plots
-from bilinear.analyses import register
+from bilinear import plots
+from bilinear.analyses import register, write_json
 from bilinear.decompose import eigendecompose, hosvd, output_tensor
-from bilinear.report import Results, Row, claim
-
-VERTICAL, HORIZONTAL = ("1", "4", "7"), ("5",)  # C11: the classes Appendix D names for direction 1
 
 
 @register("hosvd", kinds=("image",))
@@ -65,40 +62,5 @@ def hosvd_analysis(ctx, out: Path) -> dict:
     plots.save(fig, out / "hosvd.png")
     result = {"singular_values": S.tolist(), "energy_fraction": (S ** 2 / (S ** 2).sum()).tolist(),
               "reconstruction_rel_error": recon_err, "directions": directions}
-    checkpoint.write_json(out / "hosvd.json", result)
+    write_json(out / "hosvd.json", result)
     return result
-
-
-def stroke_contrast(contrib: dict[str, float]) -> dict:
-    """Does direction 1 put {1, 4, 7} on one side and 5 on the other? Sign-free: orient so 1/4/7 average positive."""
-    v = np.array([contrib[c] for c in VERTICAL])
-    sign = 1.0 if v.mean() >= 0 else -1.0
-    oriented = {c: sign * x for c, x in contrib.items()}
-    ranked = sorted(oriented, key=oriented.get)
-    return {"oriented": oriented, "vertical_positive": all(oriented[c] > 0 for c in VERTICAL),
-            "horizontal_negative": all(oriented[c] < 0 for c in HORIZONTAL),
-            "five_among_3_most_negative": all(c in ranked[:3] for c in HORIZONTAL),
-            "most_negative": ranked[:3], "most_positive": ranked[::-1][:3]}
-
-
-@claim("C11")
-def hosvd_claim(res: Results) -> Row | None:
-    paper = "HOSVD direction 1 contrasts strong vertical strokes (1, 4, 7) against horizontal strokes (5)"
-    m = (res.analysis("mnist") or {}).get("hosvd")
-    if not m:
-        return None
-    d1 = m["directions"][0]
-    sc = stroke_contrast(d1["class_contributions"])
-    ours = (f"direction 1 ({100 * m['energy_fraction'][0]:.0f}% of the squared norm), oriented so 1/4/7 average positive: "
-            + ", ".join(f"{c} {sc['oriented'][c]:+.2f}" for c in sorted(sc["oriented"], key=sc["oriented"].get, reverse=True))
-            + f"; most positive {sc['most_positive']}, most negative {sc['most_negative']}")
-    if sc["vertical_positive"] and sc["five_among_3_most_negative"]:
-        verdict = "reproduced"
-    elif sc["vertical_positive"] and sc["horizontal_negative"]:
-        verdict = "partly (5 is on the opposite side but not among the 3 most negative)"
-    else:
-        verdict = "NOT reproduced"
-    fig = res.figure("mnist", "main", "analysis", "hosvd", "hosvd.png")
-    return Row("C11", paper, ours, verdict, figures=[fig] if fig else [],
-               notes=f"HOSVD reconstruction relative error {m['reconstruction_rel_error']:.1e}. Singular directions are "
-                     "defined up to sign, so the contrast is read after orienting 1/4/7 positive.")

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from bilinear import checkpoint, plots
-from bilinear.analyses import register
+from bilinear.analyses import register, write_json
+from bilinear.claims_table import paper
 from bilinear.analyses.lowrank import decomposition_dtype
 from bilinear.analyses.sae_context import SAERun, require_saes, sae_pair
 from bilinear.decompose import interaction_matrices
@@ -122,9 +123,9 @@ def interactions(ctx, out: Path) -> dict:
               "cross_std": st.cross_std, "self_std": st.self_std, "outlier_sigma": float(cfg.outlier_sigma),
               "outlier_threshold": float(cfg.outlier_sigma) * st.cross_std,
               "top_by_top2": [rows[a] for a in by_top2], "top_by_outliers": [rows[a] for a in by_outliers],
-              "median_top2": float(st.top2.median()), "paper_cross_std": 0.004}
+              "median_top2": float(st.top2.median()), "paper_cross_std": paper("C12")["cross_std"]}
     _plot(out, st, n_out, result)
-    checkpoint.write_json(out / "interactions.json", result)
+    write_json(out / "interactions.json", result)
     return result
 
 

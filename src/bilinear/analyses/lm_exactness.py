@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bilinear import checkpoint
-from bilinear.analyses import register
+from bilinear.analyses import register, write_json
 from bilinear.decompose import decompose_outputs, exactness, reconstruct
+from bilinear.errors import ExactnessError
 from bilinear.models.transformer import site_name
 from bilinear.tasks.lm import windows
 
@@ -62,16 +62,20 @@ def lm_exactness(ctx, out: Path) -> dict:
     model = ctx.model
     if not all(b.mlp.bilinear.is_bilinear for b in model.blocks):
         result = {"applicable": False, "reason": f"{model.mlp_kind} MLPs are not quadratic forms"}
-        checkpoint.write_json(out / "lm_exactness.json", result)
+        write_json(out / "lm_exactness.json", result)
         return result
     tokens = heldout_batch(ctx, int(ctx.cfg.get("lm_sequences", 16)))
     U, labels = directions(ctx, tokens, n_random=32, n_head=32)
-    per_layer = {str(l): layer_exactness(model, l, tokens, U) for l in range(model.n_layer)}
+    what = "u.MLP(x) on real mlp_in activations"
+    try:
+        per_layer = {str(l): layer_exactness(model, l, tokens, U) for l in range(model.n_layer)}
+    except ExactnessError as e:  # non-finite weights or eigenvalues: recorded for C1, then a one-line error
+        ctx.record_failure(what, e)
     worst = max(per_layer.values(), key=lambda r: r["rel_error"])
     result = {"applicable": True, "per_layer": per_layer, "rel_error": worst["rel_error"],
               "max_abs_error": max(r["max_abs_error"] for r in per_layer.values()),
               "n_directions": len(labels), "directions": "32 random unit vectors + head rows of the 32 most frequent tokens",
               "n_sequences": int(tokens.shape[0]), "dtype": "float64 decomposition of float32 activations"}
-    checkpoint.write_json(out / "lm_exactness.json", result)
-    ctx.require_exact(result, "u.MLP(x) on real mlp_in activations")
+    write_json(out / "lm_exactness.json", result)
+    ctx.require_exact(result, what)
     return result

@@ -17,14 +17,14 @@ import numpy as np
 import torch
 
 from bilinear import checkpoint, plots
-from bilinear.analyses import register
+from bilinear.analyses import register, write_json
 from bilinear.analyses.lm_exactness import heldout_batch
 from bilinear.analyses.sae_context import layer_activations, require_saes, sae_pair
+from bilinear.claims_table import paper, reference
 from bilinear.decompose import eigen_activations, exactness, reconstruct
+from bilinear.errors import ExactnessError
 from bilinear.features import feature_eigen, pearson
-from bilinear.report import Row, claim
 
-PAPER_K1, PAPER_FRACTION_K2 = 0.65, "most"
 
 
 def decomposition_dtype(d: int) -> torch.dtype:
@@ -95,17 +95,20 @@ def lowrank(ctx, out: Path) -> dict:
     _, sae = sae_pair(require_saes(ctx), need_input=False)
     cfg = ctx.cfg.lowrank
     tokens = heldout_batch(ctx, int(ctx.cfg.interactions.n_sequences))
-    res = lowrank_correlations(ctx.model, sae.model, tokens, sae.layer, list(cfg.ks), int(cfg.min_active))
+    what = f"e_a . MLP(x) for every output feature of {sae.name}"
+    try:
+        res = lowrank_correlations(ctx.model, sae.model, tokens, sae.layer, list(cfg.ks), int(cfg.min_active))
+    except ExactnessError as e:  # non-finite weights or eigenvalues: recorded for C1, then a one-line error
+        ctx.record_failure(what, e)
     summary = summarize(res["corr"], res["ks"], list(cfg.thresholds))
     err = res["exactness"]
     result = {**summary, "layer": sae.layer, "sae": str(sae.dir), "n_sequences": int(tokens.shape[0]),
               "n_positions": res["n_positions"], "full_rank_exactness": {**err, "n_positions": res["n_exactness_positions"]}, "min_active": int(cfg.min_active),
-              "paper": {"mean_corr_k1": PAPER_K1, "fraction_above_0.75_k2": PAPER_FRACTION_K2,
-                        "reproduction_fraction_above_0.75_k2": {"TinyStories": 0.32, "FineWeb-12": 0.45, "FineWeb-16": 0.65}}}
-    ctx.require_exact(err, f"e_a . MLP(x) for every output feature of {sae.name}")
+              "paper": paper("C13"), "reference": reference("C13")}
+    ctx.require_exact(err, what)
     _write_table(out / "lowrank_features.csv", res)
     _plot(out, res, summary, list(cfg.thresholds))
-    checkpoint.write_json(out / "lowrank.json", result)
+    write_json(out / "lowrank.json", result)
     return result
 
 
@@ -126,7 +129,8 @@ def _plot(out: Path, res: dict, summary: dict, thresholds: list[float]) -> None:
         q = kept.quantile(torch.tensor([0.25, 0.75], dtype=kept.dtype), dim=0)
         axes[0].plot(ks, kept.mean(0).numpy(), "o-", label="mean")
         axes[0].fill_between(ks, q[0].numpy(), q[1].numpy(), alpha=0.25, label="25-75%")
-        axes[0].axhline(PAPER_K1, color="gray", ls=":", label=f"paper k=1: {PAPER_K1}")
+        k1 = paper("C13")["mean_corr_k1"]
+        axes[0].axhline(k1, color="gray", ls=":", label=f"paper k=1: {k1}")
         c2 = kept[:, ks.index(2)] if 2 in ks else kept[:, 0]
         axes[1].hist(c2.numpy(), bins=40, range=(-0.2, 1.0))
         axes[1].axvline(0.75, color="k", ls=":")
@@ -142,28 +146,3 @@ def _plot(out: Path, res: dict, summary: dict, thresholds: list[float]) -> None:
     axes[2].set(xlabel="threshold", ylabel="fraction of features above", ylim=(0, 1.05), title="k = 2: threshold sensitivity")
     fig.suptitle(f"{summary['n_features_kept']} of {summary['n_features']} output features (> min activations)", fontsize=9)
     plots.save(fig, out / "lowrank.png")
-
-
-@claim("C13")
-def c13_claim(res) -> Row | None:
-    layers = {k: m for k, m in res.analyses_named("sae", "lowrank").items() if "mean_corr_k2" in m}
-    if not layers:
-        return None
-    parts, verdicts, figs, notes = [], [], [], []
-    for key, m in layers.items():
-        ks, mean, fr = m["ks"], m["mean_corr"], m["fraction_above_k2"]
-        parts.append(f"layer {m['layer']}: mean r {mean[ks.index(1)]:.2f} at k=1, {m['mean_corr_k2']:.2f} at k=2, "
-                     f"{mean[ks.index(8)] if 8 in ks else float('nan'):.2f} at k=8; above 0.75 at k=2: {fr['0.75']:.0%} "
-                     f"(> 0.6: {fr['0.6']:.0%}, > 0.5: {fr['0.5']:.0%}, > 0.4: {fr['0.4']:.0%}) of {m['n_features_kept']} features")
-        k1_ok = mean[ks.index(1)] >= PAPER_K1 - 0.1
-        most = fr["0.75"] > 0.5
-        verdicts.append("reproduced" if k1_ok and most else ("partly" if most or fr["0.5"] > 0.5 else "NOT reproduced"))
-        fig = res.figure("sae", key, "analysis", "lowrank", "lowrank.png")
-        figs += [fig] if fig else []
-        notes.append(f"layer {m['layer']}: output SAE {Path(m['sae']).name}, {m['n_sequences']} held-out sequences "
-                     f"({m['n_positions']} positions, first dropped), features with > {m['min_active']} activations; at full "
-                     f"rank the prediction equals e_a·MLP(x) (relative error {m['full_rank_exactness']['rel_error']:.1e})")
-    verdict = verdicts[0] if len(set(verdicts)) == 1 else "partly"
-    return Row("C13", "about 0.65 at k=1, most features above 0.75 at k=2", "; ".join(parts), verdict,
-               reference="32% (TinyStories), 45% / 65% (FineWeb) above 0.75 at k=2", figures=figs,
-               notes="Stories LM, scale=cpu. " + "; ".join(notes) + ".")

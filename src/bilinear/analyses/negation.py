@@ -1,7 +1,7 @@
 """E11 / Fig 8, claim C12: the negation AND-circuit, found from the weights and checked against the planted rule.
 
 Among the ``top_ranked`` output features by top-2 |lambda| of Q~_a (analysis ``interactions``), the pair whose
-output-SAE decoders have the most negative cosine is taken (the paper's "not-good" / "not-bad", cosine -0.975).
+output-SAE decoders have the most negative cosine is taken (the paper's "not-good" / "not-bad", nearly opposite decoders).
 For the pair it draws Fig 8's four panels: the top-interaction submatrix over the input features with the
 largest interactions (labelled by their top-activating contexts), the spectrum of Q~_a against a random
 symmetric matrix of equal entry std, the input features projected on the top-2 eigenvectors, and the top-2
@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bilinear import checkpoint, plots
-from bilinear.analyses import register
+from bilinear import plots
+from bilinear.analyses import register, write_json
+from bilinear.claims_table import paper
 from bilinear.analyses.interactions import cached_stats, feature_matrices, output_feature_form
 from bilinear.analyses.lm_exactness import heldout_batch
 from bilinear.analyses.sae_context import decode_tokens, layer_activations, top_contexts
@@ -29,7 +30,6 @@ from bilinear.dataio import stories as story_rule
 from bilinear.dataio.tokenizer import word_id
 from bilinear.decompose import eigendecompose, interaction_matrices, reconstruct, symmetrize
 from bilinear.features import feature_eigen, pearson
-from bilinear.report import Row, claim
 
 CELLS = story_rule.CELLS  # ("pos", "pos_neg", "neg", "neg_neg")
 TYPES = {frozenset({"pos_neg", "neg_neg"}): "negation", frozenset({"pos", "pos_neg"}): "positive adjective",
@@ -104,8 +104,7 @@ def negation(ctx, out: Path) -> dict:
                     float(ctx.cfg.interactions.outlier_sigma))
     result = describe_pair(data, [a, b], out / "negation.png", "found by the paper's recipe")
     result.update({"ranked_among": len(ranked), "n_rule_positions": {c: len(v) for c, v in data.sites.items()},
-                   "paper": {"decoder_cosine": -0.975, "outlier_eigenvalues": [0.62, -0.66], "cross_std": 0.004,
-                             "top2_corr_active": 0.66, "top2_corr_large": 0.76}})
+                   "paper": paper("C12")})
     if data.scan is not None:
         # the known answer: negation and sentiment directions probed at the rule's positions, read in every Q_a
         result["probe_scan"] = probe_summary(data.scan)
@@ -113,7 +112,7 @@ def negation(ctx, out: Path) -> dict:
         result["probe_pair"] = describe_pair(data, pair, out / "negation_probe_pair.png",
                                              "the strongest negation x sentiment AND by concept probes")
         _plot_scan(out / "negation_probe_scan.png", data.scan, [a, b], pair)
-    checkpoint.write_json(out / "negation.json", result)
+    write_json(out / "negation.json", result)
     return result
 
 
@@ -368,56 +367,6 @@ def _plot(path, title, result, Qt, shown, inputs, spectra, pred, z, pair) -> Non
                  f"{result['decoder_cosine']:.3f}), layer {result['layer']}", fontsize=10)
     fig.tight_layout()
     plots.save(fig, path)
-
-
-@claim("C12")
-def c12_claim(res) -> Row | None:
-    layers = res.analyses_named("sae", "negation")
-    if not layers:
-        return None
-    parts, notes, figs, verdicts = [], [], [], []
-    for key, m in layers.items():
-        recipe_tied = m["tied_to_rule"]["tied"]
-        parts.append(f"layer {m['layer']}, paper's recipe: pair {m['pair']} (decoder cos {m['decoder_cosine']:.2f}; "
-                     f"{' / '.join(m['tied_to_rule']['output_types'])}): {'the rule' if recipe_tied else 'not the rule'}")
-        fig = res.figure("sae", key, "analysis", "negation", "negation.png")
-        figs += [fig] if fig else []
-        pp = m.get("probe_pair")
-        if pp:
-            o = pp["outputs"]
-            pa = [x["probe_and"] for x in o]
-            sp = pp["spectra"]
-            parts.append(
-                f"layer {m['layer']}, concept probes: features {pp['pair']} ({' / '.join(pp['tied_to_rule']['output_types'])}; "
-                f"paper-ranking ranks {o[0]['rank_by_top2']}, {o[1]['rank_by_top2']} by top-2 |λ|, decoder cos "
-                f"{pp['decoder_cosine']:+.2f}): negation × sentiment cross-interaction {pa[0]['cross']:+.3f} / {pa[1]['cross']:+.3f} "
-                f"= {pa[0]['cross_over_random']:.0f}× / {pa[1]['cross_over_random']:.0f}× a typical cross-interaction, self "
-                f"{max(abs(pa[0]['self_negation']), abs(pa[0]['self_sentiment'])):.3f} / "
-                f"{max(abs(pa[1]['self_negation']), abs(pa[1]['self_sentiment'])):.3f}; Q~ spectra λ "
-                f"{sp[0]['lambda_max']:+.2f}/{sp[0]['lambda_min']:+.2f} and {sp[1]['lambda_max']:+.2f}/{sp[1]['lambda_min']:+.2f} vs "
-                f"random |λ| ≤ {sp[0]['random_abs_max']:.2f}; top-2 r {pp['top2_approximation'][0].get('corr_active', float('nan')):.2f} / "
-                f"{pp['top2_approximation'][1].get('corr_active', float('nan')):.2f} where active; tied to the rule: "
-                f"{'yes' if pp['tied_to_rule']['tied'] else 'no'}")
-            for x in o:
-                a = x["and_structure"]
-                notes.append(f"layer {m['layer']} feature {x['feature']} ({x['type']}; cell profile {x['cell_profile']}; "
-                             f"positive − negative verb logit through the unembedding {x['positive_minus_negative_verb_logit']:+.3f}; "
-                             f"top contexts: {' | '.join(x['top_contexts'][:3])}); its largest SAE-basis cross-interaction among "
-                             f"inputs active at the rule: {a['cross']:+.3f} ({a['cross_over_std']:.0f}× the cross std "
-                             f"{pp['cross_std']:.3g}) between {' × '.join(a['input_types'])}, self {a['self'][0]:+.3f} / {a['self'][1]:+.3f}")
-            for name in ("negation_probe_pair.png", "negation_probe_scan.png"):
-                fig = res.figure("sae", key, "analysis", "negation", name)
-                figs += [fig] if fig else []
-        verdicts.append("reproduced" if recipe_tied else ("partly" if pp and pp["tied_to_rule"]["tied"] else "NOT reproduced"))
-    best = "reproduced" if "reproduced" in verdicts else ("partly" if "partly" in verdicts else "NOT reproduced")
-    return Row("C12", "AND-gate: negation × sentiment cross-interactions far above the typical std (0.004), negligible "
-               "self-interactions; one large ± eigenvalue pair (+0.62 / −0.66); top-2 r 0.66 active, 0.76 large",
-               "; ".join(parts), best, figures=figs,
-               notes="Paper's recipe: the most anti-aligned decoders among the output features ranked highest by top-2 |λ| "
-                     "of Q~_a. Concept probes (stories only, where the answer is known): negation and sentiment directions "
-                     "as differences of mean mlp_in at the verb-predicting positions, read in every Q_a from the weights; the "
-                     "strongest AND of each sign is described like the recipe's pair. A feature's cell profile is its mean "
-                     "activation at those positions per cell (adjective polarity × negated). " + ". ".join(notes) + ".")
 
 
 def _plot_scan(path: Path, scan: dict, recipe: list[int], probe: list[int]) -> None:

@@ -20,14 +20,12 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from torch import Tensor
 
-from bilinear import checkpoint, plots
-from bilinear.analyses import register
+from bilinear import plots
+from bilinear.analyses import register, write_json
 from bilinear.decompose import Eigen, effective_rank
 from bilinear.errors import ConfigError
-from bilinear.report import Results, Row, claim, fmt
 
 EXPERIMENT = "overfitting"  # the reproduce experiment (wd x noise grid) that feeds C5 and C6
 
@@ -104,7 +102,7 @@ def overfitting(ctx, out: Path) -> dict:
         "n_top": k, "rare_threshold": ocfg.rare_threshold,
         "noise_std": float(ctx.run_cfg.train.noise_std), "weight_decay": float(ctx.run_cfg.train.weight_decay),
     }
-    checkpoint.write_json(out / "overfitting.json", result)
+    write_json(out / "overfitting.json", result)
     print(f"[overfitting] {ctx.run_dir}: {verdict}", flush=True)
     return result
 
@@ -189,7 +187,7 @@ def noise_sweep(contexts, out: Path, cfg) -> dict:
               "test_acc": [s["test_acc"] for s in runs], "train_acc": [s["train_acc"] for s in runs],
               "spearman_effective_pixels_vs_noise": _spearman(noise, pix),
               "spearman_rare_mass_vs_noise": _spearman(noise, mass)}
-    checkpoint.write_json(out / "noise_sweep.json", result)
+    write_json(out / "noise_sweep.json", result)
     return result
 
 
@@ -238,61 +236,8 @@ def sparsity_grid(contexts, out: Path, cfg) -> dict:
         "spearman_pixels_vs_noise": _spearman(flat("noise_std"), flat("effective_pixels")),
         "runs": [_plain(s) for s in runs],
     }
-    checkpoint.write_json(out / "sparsity_grid.json", result)
+    write_json(out / "sparsity_grid.json", result)
     return result
 
 
 # --- claims ---------------------------------------------------------------------------------------------
-
-
-@claim("C5")
-def noise_claim(res: Results) -> Row | None:
-    paper = "effective pixel count and mass on rarely-on pixels of the top eigenvectors fall as noise rises"
-    m = (res.analysis(EXPERIMENT, None) or {}).get("noise_sweep")
-    if not m:
-        return None
-    n, pix, mass, acc = m["noise_std"], m["effective_pixels"], m["rare_mass"], m["test_acc"]
-    ours = ("noise " + " / ".join(f"{x:g}" for x in n) + f" (wd {m['weight_decay']:g}): effective pixels "
-            + " / ".join(f"{x:.0f}" for x in pix) + "; rare-pixel mass " + " / ".join(f"{100 * x:.1f}%" for x in mass)
-            + "; test acc " + " / ".join(f"{100 * x:.2f}%" for x in acc)
-            + f"; Spearman vs noise {fmt(m['spearman_effective_pixels_vs_noise'], 2)} / {fmt(m['spearman_rare_mass_vs_noise'], 2)}")
-    falls = lambda v: v[-1] < v[0]  # noqa: E731
-    both = falls(pix) and falls(mass)
-    mono = m["spearman_effective_pixels_vs_noise"] <= -0.8 and m["spearman_rare_mass_vs_noise"] <= -0.8
-    verdict = "reproduced" if both and mono else "partly" if both or falls(mass) else "NOT reproduced"
-    figs = [f for f in [res.figure(EXPERIMENT, "analysis", "noise_sweep", "noise_sweep.png")] if f]
-    for run in dict.fromkeys((m["runs"][0]["run"], m["runs"][-1]["run"])):  # per-run diagnostics of the sweep's two ends, if run
-        f = res.figure(EXPERIMENT, run, "analysis", "overfitting", "overfitting.png")
-        if f:
-            figs.append(f)
-    return Row("C5", paper, ours, verdict, figures=figs,
-               notes="Input noise is an absolute per-pixel std on [0, 1] pixels. Rarely-on pixels: mean training "
-                     "intensity < 0.01. Pixel counts and masses are means over classes of the top-5 eigenvectors by |λ|.")
-
-
-@claim("C6")
-def grid_claim(res: Results) -> Row | None:
-    paper = "noise mainly decides eigenvector sparsity (wd does not); wd lowers the eigenvalue rank, noise raises it"
-    m = (res.analysis(EXPERIMENT, None) or {}).get("sparsity_grid")
-    if not m:
-        return None
-    ours = (f"{m['n_runs']} runs, wd {m['weight_decay']} x noise {m['noise_std']}. Pixel count: range over noise "
-            f"{m['effective_pixels_effect_of_noise']:.0f} vs over wd {m['effective_pixels_effect_of_wd']:.0f}. "
-            f"Rank: range over wd {m['effective_rank_effect_of_wd']:.1f}, over noise {m['effective_rank_effect_of_noise']:.1f}; "
-            f"Spearman rank~wd {fmt(m['spearman_rank_vs_wd'], 2)}, rank~noise {fmt(m['spearman_rank_vs_noise'], 2)}, "
-            f"pixels~noise {fmt(m['spearman_pixels_vs_noise'], 2)}")
-    parts = {
-        "noise decides sparsity": m["effective_pixels_effect_of_noise"] > m["effective_pixels_effect_of_wd"]
-        and m["spearman_pixels_vs_noise"] < 0,
-        "wd lowers rank": m["spearman_rank_vs_wd"] < 0,
-        "noise raises rank": m["spearman_rank_vs_noise"] > 0,
-    }
-    ok = [k for k, v in parts.items() if v]
-    verdict = "reproduced" if len(ok) == 3 else ("partly (" + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in parts.items())
-                                                 + ")" if ok else "NOT reproduced")
-    driver = "wd" if m["effective_rank_effect_of_wd"] > m["effective_rank_effect_of_noise"] else "noise"
-    ref = "the reproduction study found wd, not noise, to be the main driver of low rank (d_hidden 256)"
-    figs = [f for f in [res.figure(EXPERIMENT, "analysis", "sparsity_grid", "sparsity_grid.png")] if f]
-    return Row("C6", paper, ours, verdict, reference=ref, figures=figs,
-               notes=f"In our grid the larger driver of the eigenvalue rank is {driver} (range of the means along each "
-                     "factor). Cells are single seeds; see the run table for the epochs of this profile.")

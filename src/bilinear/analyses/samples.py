@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from bilinear import checkpoint
-from bilinear.analyses import register
+from bilinear.analyses import register, write_json
 from bilinear.dataio.tokenizer import EOT
 from bilinear.models.transformer import generate
 from bilinear.tasks.lm import split_documents
@@ -48,5 +48,5 @@ def samples(ctx, out: Path) -> dict:
     for r in rows:
         lines += [f"- **{r['prompt']}** {r['continuation']}", ""]
     checkpoint.write_text(out / "samples.md", "\n".join(lines))
-    checkpoint.write_json(out / "samples.json", rows)
+    write_json(out / "samples.json", rows)
     return {"n_samples": len(rows), "examples": rows[-4:]}

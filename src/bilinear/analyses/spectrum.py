@@ -9,10 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 from bilinear import checkpoint, plots
-from bilinear.analyses import register
+from bilinear.analyses import register, write_json
 from bilinear.decompose import effective_rank
 from bilinear.errors import ConfigError
-from bilinear.report import Results, Row, claim
 
 
 def important_count(values: torch.Tensor, frac: float = 0.1) -> tuple[int, int]:
@@ -22,20 +21,28 @@ def important_count(values: torch.Tensor, frac: float = 0.1) -> tuple[int, int]:
 
 
 def draw_class(eig, c: int, classes, shape, n_vec: int, n_bars: int, rank: float, path: Path) -> dict:
-    """Fig 3 for class c: top n_vec positive (top row) and negative (bottom row) eigenvectors and the bars."""
-    pos_idx, pos_val = eig.positive(n_vec)
-    neg_idx, neg_val = eig.negative(n_vec)
+    """Fig 3 for class c: top n_vec positive (top row) and negative (bottom row) eigenvectors and the bars.
+
+    Each side only holds eigenvalues of its sign (``Eigen.positive_in`` / ``negative_in``): a class with fewer
+    than n_vec of one sign leaves those panels empty rather than showing the other sign's vectors.
+    """
+    pos_idx, pos_val = eig.positive_in(c, n_vec)
+    neg_idx, neg_val = eig.negative_in(c, n_vec)
     fig = plt.figure(figsize=(2.2 * n_vec + 3.6, 3.6))
     grid = fig.add_gridspec(2, n_vec + 2)
     for j in range(n_vec):
-        plots.vector_image(fig.add_subplot(grid[0, j]), eig.input_vectors[c, pos_idx[c, j]], shape, f"+{j + 1}: {pos_val[c, j]:.3g}")
-        plots.vector_image(fig.add_subplot(grid[1, j]), eig.input_vectors[c, neg_idx[c, j]], shape, f"-{j + 1}: {neg_val[c, j]:.3g}")
+        for row, (idx, val, sign) in enumerate(((pos_idx, pos_val, "+"), (neg_idx, neg_val, "-"))):
+            ax = fig.add_subplot(grid[row, j])
+            if j < len(idx):
+                plots.vector_image(ax, eig.input_vectors[c, idx[j]], shape, f"{sign}{j + 1}: {val[j]:.3g}")
+            else:
+                ax.axis("off")
     plots.eigenvalue_bars(fig.add_subplot(grid[:, n_vec:]), eig.values[c], n_bars, f"class {classes[c]}: effective rank {rank:.1f}")
     fig.suptitle(f"Top positive (top row) and negative (bottom row) eigenvectors of class {classes[c]}", fontsize=10)
     plots.save(fig, path)
-    _, top_pos = eig.positive(n_bars)
-    _, top_neg = eig.negative(n_bars)
-    return {"largest_positive": top_pos[c].tolist(), "largest_negative": top_neg[c].tolist(), "figure": path.name}
+    _, top_pos = eig.positive_in(c, n_bars)
+    _, top_neg = eig.negative_in(c, n_bars)
+    return {"largest_positive": top_pos.tolist(), "largest_negative": top_neg.tolist(), "figure": path.name}
 
 
 @register("spectrum", kinds=("image",))
@@ -70,32 +77,5 @@ def spectrum(ctx, out: Path) -> dict:
         "important_threshold": "|lambda| >= 0.1 max|lambda| of the class",
         "d_hidden": values.shape[1],
     }
-    checkpoint.write_json(out / "spectrum.json", summary)
+    write_json(out / "spectrum.json", summary)
     return summary
-
-
-@claim("C4")
-def spectrum_claim(res: Results) -> Row | None:
-    paper = "effective rank well below d_hidden; about 10 important eigenvalues per sign (Fig 3, digit 5)"
-    parts, figs, ok = [], [], []
-    for exp in ("mnist", "fmnist"):
-        m = (res.analysis(exp) or {}).get("spectrum")
-        if not m:
-            continue
-        pos = sorted(m["n_important_positive"].values())
-        neg = sorted(m["n_important_negative"].values())
-        med = lambda v: v[len(v) // 2]  # noqa: E731
-        parts.append(f"{exp} (d {m['d_hidden']}): effective rank mean {m['effective_rank_mean']:.1f} "
-                     f"(range {min(m['effective_rank'].values()):.1f}–{max(m['effective_rank'].values()):.1f}); eigenvalues "
-                     f"with |λ| ≥ 0.1 max per class, median +{med(pos)} / −{med(neg)}")
-        ok.append(m["effective_rank_mean"] < 0.2 * m["d_hidden"] and 3 <= med(pos) <= 30 and 3 <= med(neg) <= 30)
-        for name in m.get("shown", {}).values():
-            f = res.figure(exp, "main", "analysis", "spectrum", name["figure"])
-            if f:
-                figs.append(f)
-    if not parts:
-        return None
-    ref = "5-seed study (d_hidden 256), effective rank none/wd/noise/both: MNIST 38.5/15.5/82.2/26.0, FMNIST 47.2/11.8/87.7/20.1"
-    return Row("C4", paper, "; ".join(parts), "reproduced" if all(ok) else "partly" if any(ok) else "NOT reproduced",
-               reference=ref, figures=figs,
-               notes="'Important' = |λ| at least 10% of the class's largest |λ|; effective rank = (‖λ‖₁/‖λ‖₂)².")

@@ -12,10 +12,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from bilinear import checkpoint, plots
-from bilinear.analyses import register
+from bilinear import plots
+from bilinear.analyses import register, write_json
 from bilinear.decompose import abs_cosine, bias_interactions, decompose_outputs, interaction_matrices, reconstruct
-from bilinear.report import Results, Row, claim
 
 
 def abs_cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -108,7 +107,7 @@ def casper(ctx, out: Path) -> dict:
     fig.suptitle(f"Casper (E5): {100 * frac_train:.1f}% of training labels True; |cos(top, target − complement)| = "
                  f"{result['abs_cos_top_vs_target_minus_complement']:.2f}", fontsize=10)
     plots.save(fig, out / "casper.png")
-    checkpoint.write_json(out / "casper.json", result)
+    write_json(out / "casper.json", result)
     return result
 
 
@@ -171,54 +170,8 @@ def gates(ctx, out: Path) -> dict:
     fig.suptitle("Interaction matrices of every gate output (E10); AND: 0 / +½, OR: 1 / −½, XOR: 1 / −1", fontsize=10)
     fig.tight_layout()
     plots.save(fig, out / "gates.png")
-    checkpoint.write_json(out / "gates.json", result)
+    write_json(out / "gates.json", result)
     return result
 
 
 # --- the report ------------------------------------------------------------------------------------
-
-
-@claim("C9")
-def casper_claim(res: Results) -> Row | None:
-    paper = "one dominant positive eigenvalue, the rest near zero; top eigenvector = target (+) against complement (−)"
-    m = (res.analysis("casper") or {}).get("casper")
-    if m is None:
-        if res.has("casper") or "casper" in res.experiments:
-            return Row("C9", paper, "—", "not run: " + ("; ".join(res.errors("casper")) or "no analysis output"))
-        return None
-    ratio, cos = m["lambda1_over_abs_lambda2"], m["abs_cos_top_vs_target_minus_complement"]
-    pos_ratio = m["top_positive_lambda"] / max(abs(m["second_positive_lambda"]), 1e-30)
-    dominant = m["top_is_positive"] and ratio >= 3
-    target_found = m["abs_corr_top_positive_vs_target"] >= 0.5
-    if dominant and target_found:
-        verdict = "reproduced"
-    elif target_found:
-        verdict = ("partly: the most positive eigenvector is the target, but it is not the single dominant eigenvalue "
-                   f"(λ1/|λ2| = {ratio:.2f} by |λ|; largest/second positive = {pos_ratio:.2f})")
-    elif dominant:
-        verdict = "partly: one dominant eigenvalue, but its eigenvector is not the target"
-    else:
-        verdict = "NOT reproduced: no single dominant eigenvalue and no target-like eigenvector (see numbers)"
-    ours = (f"by |λ|: λ1 = {m['lambda_1']:.3g}, λ2 = {m['lambda_2']:.3g}, λ1/|λ2| = {ratio:.2f}; |cos(top pixel eigenvector, "
-            f"target − complement)| = {cos:.2f} (a uniform image scores {m['abs_cos_uniform_vs_target_minus_complement']:.2f} "
-            f"on this metric; Pearson |r| with the target {m['abs_corr_top_vs_target']:.2f}). Most positive eigenvalue "
-            f"{m['top_positive_lambda']:.3g} (rank {m['top_positive_rank_by_magnitude']} by |λ|), {pos_ratio:.2f}× the next "
-            f"positive one; its eigenvector's |cos| with target − complement {m['abs_cos_top_positive_vs_target_minus_complement']:.2f}, "
-            f"Pearson |r| with the target {m['abs_corr_top_positive_vs_target']:.2f}. Labels {100 * m['frac_true_train']:.1f}% "
-            f"True (train), {100 * m['frac_true_test']:.1f}% (test); test acc {100 * (m.get('test_acc') or float('nan')):.2f}%; "
-            f"exactness rel. error {m['exactness_rel_error']:.1e}")
-    figs = [f for f in (res.figure("casper", "main", "analysis", "casper", "casper.png"),) if f]
-    notes = ("Casper: training image "
-             f"{m['target_index']} is the target, threshold {m['threshold']} on cos(x, t) and cos(x, 1 − t). The "
-             "decomposition is of the logit difference True − False with all biases folded in through the "
-             "homogeneous coordinate; the bias image is the constant's interaction with each pixel.")
-    g = (res.analysis("gates") or {}).get("gates")
-    if g:
-        parts = [f"{name.upper()}: self {v['mean_self']:.3f} (exact {v['expected_self']:g}), cross {v['mean_cross']:.3f} "
-                 f"(exact {v['expected_cross']:g}), max deviation {v['max_deviation']:.3f}" for name, v in g["per_gate"].items()]
-        notes += ("\n\nE10 Boolean gates (ground truth known exactly; interaction matrix entries averaged over pairs): "
-                  + "; ".join(parts) + f". Exactness rel. error {g['exactness_rel_error']:.1e}.")
-        f = res.figure("gates", "main", "analysis", "gates", "gates.png")
-        if f:
-            figs.append(f)
-    return Row("C9", paper, ours, verdict, figures=figs, notes=notes)

@@ -21,10 +21,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from bilinear import checkpoint, plots
-from bilinear.analyses import register
+from bilinear import plots
+from bilinear.analyses import register, write_json
 from bilinear.decompose import eigen_activations, reconstruct
-from bilinear.report import Results, Row, claim
 
 EXPERIMENT = "consistency"  # the sizes x seeds experiment (E4) that also feeds C8
 
@@ -89,7 +88,7 @@ def truncation(ctx, out: Path) -> dict:
               "full_equals_model": curve["acc_full"] == curve["acc_model"],
               "k_within_0.1pt": _k_within(curve["acc"], curve["acc_full"], 0.001),
               "k_within_0.5pt": _k_within(curve["acc"], curve["acc_full"], 0.005)}
-    checkpoint.write_json(out / "truncation.json", result)
+    write_json(out / "truncation.json", result)
     return result
 
 
@@ -133,40 +132,5 @@ def truncation_sizes(contexts, out: Path, cfg) -> dict:
     fig.suptitle("Truncated classifier per model size (Fig 5B / Appendix F)", fontsize=10)
     fig.tight_layout()
     plots.save(fig, out / "truncation_sizes.png")
-    checkpoint.write_json(out / "truncation_sizes.json", result)
+    write_json(out / "truncation_sizes.json", result)
     return result
-
-
-@claim("C8")
-def truncation_claim(res: Results) -> Row | None:
-    paper = "a handful of eigenvectors per class recovers the full accuracy (drop 'minimal', ~0.01%); similar error at every size"
-    parts, figs, checks = [], [], []
-    for exp in ("mnist", "fmnist"):
-        t = (res.analysis(exp) or {}).get("truncation")
-        if t:
-            parts.append(f"{exp} (d {t['d_hidden']}): acc k=1/2/5/10/30 = " + "/".join(
-                f"{100 * t['acc'][k]:.2f}" for k in (1, 2, 5, 10, 30) if k < len(t["acc"]))
-                + f"%, full {100 * t['acc_full']:.2f}% (= model {100 * t['acc_model']:.2f}%: "
-                f"{'yes' if t['full_equals_model'] else 'NO'}); within 0.5 / 0.1 points of full from k = "
-                f"{t['k_within_0.5pt']} / {t['k_within_0.1pt']}; drop at k={len(t['drop']) - 1} {100 * t['drop'][-1]:.2f} pts")
-            checks.append(t["drop"][-1])
-            f = res.figure(exp, "main", "analysis", "truncation", "truncation.png")
-            if f:
-                figs.append(f)
-    sizes = (res.analysis(EXPERIMENT, None) or {}).get("truncation_sizes")
-    if sizes:
-        parts.append("per size, error % at k=1/5/10/30 vs full: " + "; ".join(
-            f"d{d}: " + "/".join(f"{100 * s['error_mean'][k]:.2f}" for k in (1, 5, 10, 30) if k < len(s["error_mean"]))
-            + f" vs {100 * s['full_error_mean']:.2f}" for d, s in sizes["per_size"].items()))
-        f = res.figure(EXPERIMENT, "analysis", "truncation_sizes", "truncation_sizes.png")
-        if f:
-            figs.append(f)
-    if not parts:
-        return None
-    worst = max(checks) if checks else None
-    verdict = ("reproduced" if worst is not None and worst <= 0.001 else
-               "partly (drop at k=30 above 0.1 points)" if worst is not None and worst <= 0.005 else
-               "NOT reproduced" if worst is not None else "see numbers")
-    return Row("C8", paper, "; ".join(parts), verdict, figures=figs,
-               notes="Truncation keeps the k eigenpairs of largest |λ| per class. Drops are against the final model of "
-                     "the same run. k = full is computed from the eigendecomposition and must equal the model's accuracy.")
