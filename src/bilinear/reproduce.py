@@ -5,9 +5,12 @@ lists, or a ``grid`` expanded into one run per combination), the analyses to run
 cross-run analyses. Everything goes through the two user commands (``python -m train``,
 ``python -m analyze``) as subprocesses, so reproduce exercises exactly what users run.
 
-A run whose directory is complete is never retrained, so reproduce can be stopped and restarted.
-A run or analysis that fails is recorded with its one-line error and the report says so; the other
-experiments go on.
+A run whose directory is complete, and was trained with the overrides the profile gives it now, is never
+retrained, so reproduce can be stopped and restarted; a run whose overrides changed is moved aside
+(``<name>.stale-<time>``) and trained again, and an unfinished run with a checkpoint is resumed. A run or
+analysis that fails is recorded with its one-line error and the report says so; the other experiments go
+on, and the command exits non-zero at the end. Each experiment's results are built in a temporary folder
+and swapped in when it ends, so an interrupted rebuild leaves the previous results whole.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from bilinear import checkpoint
 from bilinear.config import project_root
@@ -89,23 +94,84 @@ def expand_runs(exp: DictConfig) -> dict[str, list[str]]:
     return runs
 
 
+# Overrides that say where or how visibly a run happens, not what it is: a change in them keeps a run valid.
+PLACEMENT_KEYS = ("data_root", "hydra.run.dir", "train.progress", "train.resume")
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*")
+
+
+def error_line(lines: list[str]) -> str:
+    """The line of a failed command's output that says what went wrong.
+
+    Our commands print ``error: ...``; anything else ends in a traceback whose last exception line is the
+    cause. Hydra's closing advice ("Set the environment variable HYDRA_FULL_ERROR=1 ...") is never it.
+    """
+    lines = [ln.strip() for ln in lines if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
+    for ln in reversed(lines):
+        if ln.startswith("error:"):
+            return ln
+    for ln in reversed(lines):
+        if EXCEPTION_LINE.match(ln):
+            return ln
+    return lines[-1] if lines else "(no output)"
+
+
+def run_overrides(run_dir: Path) -> list[str] | None:
+    """The overrides a run was trained with (Hydra's .hydra/overrides.yaml), minus placement keys; None if unknown."""
+    path = run_dir / ".hydra" / "overrides.yaml"
+    try:
+        stored = OmegaConf.load(path)
+    except Exception:  # noqa: BLE001 - missing or unreadable: the run's provenance is unknown
+        return None
+    return comparable(list(stored)) if isinstance(stored, ListConfig) else None
+
+
+def comparable(overrides: list[str]) -> list[str]:
+    return sorted(str(o) for o in overrides if str(o).split("=", 1)[0].lstrip("+~") not in PLACEMENT_KEYS)
+
+
 class Runner:
-    """Calls the two commands, logging each call's output to <runs_root>/logs/."""
+    """Calls the two commands, logging each call's output to <runs_root>/logs/; on SIGTERM or Ctrl-C the
+    children are stopped too, so no training is left running without its parent."""
 
     def __init__(self, runs_root: Path, data_root: Path, log_dir: Path):
         self.runs_root, self.data_root, self.log_dir = runs_root, data_root, log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "PYTHONPATH": str(project_root() / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.env.setdefault("WANDB_MODE", "disabled")
+        self.children: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+        self.stopping = False
 
     def call(self, module: str, args: list[str], log_name: str) -> tuple[bool, str]:
-        """Run ``python -m module args``; return (ok, last stderr line)."""
+        """Run ``python -m module args``; return (ok, the line that says what went wrong)."""
         log = self.log_dir / f"{log_name}.log"
         with open(log, "w") as f:
-            proc = subprocess.run([sys.executable, "-m", module, *args], stdout=f, stderr=subprocess.STDOUT,
-                                  cwd=project_root(), env=self.env)
-        lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
-        return proc.returncode == 0, (lines[-1] if lines else "")
+            with self.lock:
+                if self.stopping:
+                    return False, "error: reproduce was stopped"
+                proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=f, stderr=subprocess.STDOUT,
+                                        cwd=project_root(), env=self.env)
+                self.children.add(proc)
+            try:
+                returncode = proc.wait()
+            finally:
+                with self.lock:
+                    self.children.discard(proc)
+        lines = log.read_text(errors="replace").splitlines()
+        return returncode == 0, ("" if returncode == 0 else error_line(lines))
+
+    def stop_children(self) -> None:
+        """Terminate every running child and wait for it (then kill what is left after 30 s)."""
+        with self.lock:
+            self.stopping = True
+            children = list(self.children)
+        for p in children:
+            p.terminate()
+        for p in children:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
 
 
 def collect(src: Path, dst: Path, include_figures: bool = True) -> None:
@@ -117,36 +183,100 @@ def collect(src: Path, dst: Path, include_figures: bool = True) -> None:
             shutil.copy2(path, target)
 
 
+class Progress:
+    """One line per finished run or analysis, with elapsed time and an estimate of what remains."""
+
+    def __init__(self, exp_name: str, n_runs: int):
+        self.exp_name, self.n_runs, self.t0 = exp_name, n_runs, time.time()
+        self.done, self.trained, self.train_time = 0, 0, 0.0
+
+    def run_finished(self, name: str, outcome: str, seconds: float) -> None:
+        self.done += 1
+        if outcome == "trained":
+            self.trained, self.train_time = self.trained + 1, self.train_time + seconds
+        left = self.n_runs - self.done
+        eta = f", about {_duration(left * self.train_time / self.trained)} left" if left and self.trained else ""
+        print(f"[{self.exp_name}] run {self.done}/{self.n_runs} {name}: {outcome} in {_duration(seconds)}"
+              f" ({_duration(time.time() - self.t0)} into this experiment{eta})", flush=True)
+
+    def step(self, what: str, ok: bool, seconds: float) -> None:
+        print(f"[{self.exp_name}] {what}: {'done' if ok else 'FAILED'} in {_duration(seconds)}", flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds} s" if seconds < 120 else (f"{seconds // 60} min" if seconds < 7200 else f"{seconds / 3600:.1f} h")
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move a run that no longer matches its profile out of the way (kept, never deleted)."""
+    target = run_dir.with_name(f"{run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.rename(target)
+    return target
+
+
+def prepare_run(run_dir: Path, overrides: list[str]) -> tuple[str, list[str]]:
+    """What to do with a run's directory: ("reuse" | "train" | "resume", extra overrides).
+
+    A finished run is reused only if it was trained with these overrides; otherwise it is set aside. An
+    unfinished run with a checkpoint is resumed (the training command refuses a resume whose config differs);
+    any other leftover is set aside so training starts in an empty folder.
+    """
+    if run_dir.exists():
+        same = run_overrides(run_dir) == comparable(overrides)
+        if checkpoint.is_complete(run_dir) and same:
+            return "reuse", []
+        if same and (run_dir / checkpoint.TRAIN_STATE).exists():
+            return "resume", ["train.resume=true"]
+        why = "its overrides changed" if checkpoint.is_complete(run_dir) else "it was unfinished"
+        moved = set_aside(run_dir)
+        print(f"  {run_dir.name}: {why}; moved to {moved.name} and trained again", flush=True)
+    return "train", []
+
+
 def run_experiment(exp_name: str, exp: DictConfig, scale: str, runner: Runner, exp_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """Train (or reuse) every run of one experiment, analyse them, and collect their outputs. Returns its status."""
+    """Train (or reuse) every run of one experiment, analyse them, and collect their outputs. Returns its status.
+
+    The outputs are collected into ``<out_dir>.building`` and swapped into place at the end, so until then
+    the previous results stay as they were (results are never mixed with an older profile's).
+    """
     t0 = time.time()
     st: dict[str, Any] = {"runs": {}, "errors": []}
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # results are rebuilt from the runs, never mixed with an older profile's
+    building = out_dir.with_name(f".{out_dir.name}.building")
+    if building.exists():
+        shutil.rmtree(building)
     done_runs = []
-    for name, overrides in expand_runs(exp).items():
+    runs = expand_runs(exp)
+    progress = Progress(exp_name, len(runs))
+    print(f"[{exp_name}] starting: {len(runs)} runs", flush=True)
+    for name, overrides in runs.items():
         run_dir = exp_dir / name
         overrides = [resolve_refs(o, runner.runs_root) for o in overrides]
         args = [*overrides, f"scale={scale}", f"data_root={runner.data_root}", f"hydra.run.dir={run_dir}", "train.progress=false"]
-        if checkpoint.is_complete(run_dir):
+        t_run = time.time()
+        action, extra = prepare_run(run_dir, [*overrides, f"scale={scale}"])
+        if action == "reuse":
             st["runs"][name] = "reused"
         else:
-            ok, last = runner.call("train", args, f"{exp_name}__{name}__train")
-            st["runs"][name] = "trained" if ok else "failed"
+            ok, last = runner.call("train", args + extra, f"{exp_name}__{name}__train")
+            st["runs"][name] = ("resumed" if action == "resume" else "trained") if ok else "failed"
             if not ok:
                 st["errors"].append(f"train {name}: {last}")
-                print(f"[{exp_name}] {name}: training failed: {last}", flush=True)
+                progress.run_finished(name, f"FAILED ({last})", time.time() - t_run)
                 continue
+        progress.run_finished(name, st["runs"][name], time.time() - t_run)
         done_runs.append(run_dir)
         # the run's own training seconds, also when it is reused: what rebuilding it from scratch costs
         m = checkpoint.read_json(run_dir / checkpoint.METRICS) if (run_dir / checkpoint.METRICS).exists() else {}
         st["train_seconds"] = round(st.get("train_seconds", 0.0) + float(m.get("train_seconds") or 0.0), 1)
         if exp.get("analyses"):
+            t_an = time.time()
             ok, last = runner.call("analyze", [f"ckpt={run_dir}", f"analyses=[{','.join(exp.analyses)}]",
                                                *exp.get("analyze_overrides", [])], f"{exp_name}__{name}__analyze")
+            progress.step(f"analyses of {name}", ok, time.time() - t_an)
             if not ok:
                 st["errors"].append(f"analyze {name}: {last}")
-        run_out = out_dir / name
+        run_out = building / name
         collect(run_dir / "analysis", run_out / "analysis", include_figures=exp.get("collect_run_figures", True))
         for f in (checkpoint.CONFIG, checkpoint.METRICS, checkpoint.HISTORY):
             if (run_dir / f).exists():
@@ -154,17 +284,33 @@ def run_experiment(exp_name: str, exp: DictConfig, scale: str, runner: Runner, e
                 shutil.copy2(run_dir / f, run_out / ("train_metrics.json" if f == checkpoint.METRICS else f))
     if exp.get("cross_analyses") and done_runs:
         cross_out = exp_dir / "analysis"
+        t_an = time.time()
         ok, last = runner.call("analyze", [f"runs=[{','.join(map(str, done_runs))}]", f"out={cross_out}",
                                            f"analyses=[{','.join(exp.cross_analyses)}]", *exp.get("analyze_overrides", [])],
                                f"{exp_name}__cross__analyze")
+        progress.step("cross-run analyses", ok, time.time() - t_an)
         if not ok:
             st["errors"].append(f"cross-run analyses: {last}")
-        collect(cross_out, out_dir / "analysis")
+        collect(cross_out, building / "analysis")
     for key, spec in (exp.get("lm_analyses") or {}).items():
-        _lm_analyses(exp_name, key, spec, runner, exp_dir, out_dir, st)
+        _lm_analyses(exp_name, key, spec, runner, exp_dir, building, st)
+    swap_in(building, out_dir)
     st["seconds"] = round(time.time() - t0, 1)
-    print(f"[{exp_name}] {len(done_runs)} runs, {st['seconds']} s, {len(st['errors'])} errors", flush=True)
+    print(f"[{exp_name}] finished: {len(done_runs)} runs in {_duration(st['seconds'])}, {len(st['errors'])} errors", flush=True)
     return st
+
+
+def swap_in(building: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by ``building`` (two renames; the old folder is removed only after)."""
+    building.mkdir(parents=True, exist_ok=True)
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out_dir.exists():
+        out_dir.rename(old)
+    building.rename(out_dir)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def _lm_analyses(exp_name: str, key: str, spec: DictConfig, runner: Runner, exp_dir: Path, out_dir: Path,
@@ -173,9 +319,11 @@ def _lm_analyses(exp_name: str, key: str, spec: DictConfig, runner: Runner, exp_
     ckpt = resolve_refs(spec.ckpt, runner.runs_root)
     saes = [str(exp_dir / s) for s in spec.get("saes", [])]
     target = exp_dir / key / "analysis"
+    t0 = time.time()
     ok, last = runner.call("analyze", [f"ckpt={ckpt}", f"saes=[{','.join(saes)}]", f"out={target}",
                                        f"analyses=[{','.join(spec.analyses)}]", *spec.get("overrides", [])],
                            f"{exp_name}__{key}__analyze")
+    print(f"[{exp_name}] {key} analyses: {'done' if ok else 'FAILED'} in {_duration(time.time() - t0)}", flush=True)
     if not ok:
         st["errors"].append(f"{key} analyses: {last}")
     collect(target, out_dir / key / "analysis")
@@ -186,6 +334,10 @@ def reproduce(profile: str, results_dir: Path, runs_root: Path, data_root: Path,
     """Run a profile's experiments, ``jobs`` at a time (each process then gets one torch thread, since more
     threads than free cores makes torch spin against itself), then write results/ and the report."""
     spec = load_profile(profile)
+    unknown = sorted(set(only or []) - set(spec.experiments))
+    if unknown:
+        raise ConfigError(f"reproduce: --only names experiments not in profile {profile}: {', '.join(unknown)} "
+                          f"(it has {', '.join(spec.experiments)})")
     runs_root = runs_root / profile
     runner = Runner(runs_root, data_root, runs_root / "logs")
     if jobs > 1:
@@ -200,11 +352,23 @@ def reproduce(profile: str, results_dir: Path, runs_root: Path, data_root: Path,
                 futures[d].result()
         return run_experiment(n, spec.experiments[n], spec.scale, runner, runs_root / n, results_dir / n)
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for n in topological(names, deps):
-            futures[n] = pool.submit(job, n)
-    futures = {n: futures[n] for n in names}
-    status: dict[str, Any] = {n: f.result() for n, f in futures.items()}
+    def stop(signum, _frame):  # SIGTERM (a scheduler, `kill`) must not leave trainings running on their own
+        print(f"reproduce: signal {signum}, stopping the running commands", file=sys.stderr, flush=True)
+        runner.stop_children()
+        os._exit(128 + signum)
+
+    previous_handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    order = topological(names, deps)
+    print(f"reproduce {profile}: {len(order)} experiments ({', '.join(order)}), {max(1, jobs)} at a time", flush=True)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for n in order:
+                futures[n] = pool.submit(job, n)
+            futures = {n: futures[n] for n in names}
+            status: dict[str, Any] = {n: f.result() for n, f in futures.items()}
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
     status["_total_seconds"] = round(sum(v["seconds"] for v in status.values()), 1)
     status["_train_seconds"] = round(sum(v.get("train_seconds", 0.0) for v in status.values() if isinstance(v, dict)), 1)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -230,6 +394,13 @@ def read_status(results_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def failures(results_dir: Path, names: list[str] | None = None) -> dict[str, list[str]]:
+    """Errors recorded in status.json, per experiment (only ``names`` if given)."""
+    exps = read_status(results_dir).get("experiments", {})
+    return {n: v["errors"] for n, v in exps.items()
+            if isinstance(v, dict) and v.get("errors") and (names is None or n in names)}
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
@@ -246,6 +417,11 @@ def main(argv: list[str] | None = None) -> None:
     results = a.results or (Path("results") if a.profile == "cpu" else Path("results") / a.profile)
     report = run_command(lambda: reproduce(a.profile, results, a.runs, a.data_root, a.only, a.jobs))
     print(report)
+    failed = failures(results, a.only or None)
+    if failed:  # the report says what failed; the exit status must say it too, for make and schedulers
+        print(f"error: {sum(map(len, failed.values()))} failures in {len(failed)} experiments "
+              f"({', '.join(sorted(failed))}); see {report} and {a.runs / a.profile / 'logs'}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
