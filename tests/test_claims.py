@@ -79,7 +79,7 @@ def test_c1_counts_checks_of_every_folder_once_and_fails_on_any(tmp_path):
     checks = res.exactness_checks()
     assert len(checks) == 2  # run a's check seen twice counts once
     v = verdict("C1", res)
-    assert v.startswith(NOT) and "non-finite" in v
+    assert v.startswith(NOT) and "non-finite" in v and "sweep: run b" in v  # a sweep's failing run is named
     assert verdict("C1", results(tmp_path / "ok", {"a/main/analysis/metrics.json": {"exactness_checks": {"x": ok}}})) \
         == "reproduced"
 
@@ -144,10 +144,11 @@ def test_c6_not_reproduced_when_every_effect_is_reversed(tmp_path):
     assert verdict("C6", results(tmp_path, {"overfitting/analysis/metrics.json": {"sparsity_grid": m}})) == NOT
 
 
-def consistency_metrics(strict: float, authors: float) -> dict:
-    per = {str(d): {"top1": strict, "top1_lo": strict - 0.05, "top1_hi": strict + 0.05, "n_pairs": 10, "top1_best_match": strict,
+def consistency_metrics(strict: float, authors: float, half: float = 0.005) -> dict:
+    per = {str(d): {"top1": strict, "top1_lo": strict - half, "top1_hi": strict + half, "n_pairs": 10, "top1_best_match": strict,
                     "top_positive": strict, "most_negative": {"top1": strict},
-                    "paper_metric": {"top1": authors, "n_pairs": 15, "n_self_pairs": 5, "confidence": 0.9},
+                    "paper_metric": {"top1": authors, "lo": [authors - half], "hi": [authors + half], "n_pairs": 15,
+                                     "n_self_pairs": 5, "confidence": 0.9},
                     "swaps": {"swap_fraction": 0.0, "sign_disagree_fraction": 0.0, "near_equal_ratio": 0.9,
                               "near_equal_fraction": 0.0, "cos_no_swap": strict, "cos_swap": None, "index_matched": strict,
                               "best_match": strict}} for d in (30, 100, 300)}
@@ -161,6 +162,9 @@ def test_c7_not_reproduced_with_either_metric_when_seeds_disagree(tmp_path):
     # the authors' metric (self-pairs, most negative vector) can pass where the strict one fails: both are said
     v = verdict("C7", results(tmp_path / "b", {"consistency/analysis/metrics.json": consistency_metrics(lo / 2, lo + 0.01)}))
     assert v.startswith("reproduced with the authors' metric") and f"{NOT} with distinct seed pairs" in v
+    # an interval that straddles the target's lower end is a tie, said as such: seeds cannot flip the verdict
+    v = verdict("C7", results(tmp_path / "c", {"consistency/analysis/metrics.json": consistency_metrics(lo, lo, half=0.05)}))
+    assert v.startswith("undecided") and "straddles" in v
 
 
 def truncation_metrics(acc_k10: float, full: float = 0.98) -> dict:

@@ -119,7 +119,8 @@ class Results:
                 checks = _legacy_checks(m, where)
             for key, c in checks.items():
                 what = key.split(": ", 1)[1] if ": " in key and key.split(": ", 1)[0] == Path(str(c.get("run", ""))).name else key
-                rec = {"where": where, "what": what, **c}
+                run = Path(str(c.get("run") or "")).name
+                rec = {"where": where if not run or where.endswith(run) else f"{where}: run {run}", "what": what, **c}
                 ident = (str(c.get("run") or where), what)
                 if ident not in seen or (seen[ident]["passed"] and not rec["passed"]):
                     seen[ident] = rec
@@ -377,18 +378,27 @@ def consistency_claim(res: Results) -> Row | None:
     per = m["per_size"]
     sizes = sorted(per, key=int)
 
-    def judge(values: dict[str, float]) -> str:
-        vals = [values[d] for d in sizes]
-        ok = [d for d in sizes if values[d] >= lo]
-        rising = _rising(vals, th["rising_slack"])
-        if len(ok) == len(sizes) and rising:
-            return "reproduced" if all(values[d] <= hi for d in sizes) else f"reproduced (at or above {lo:g}–{hi:g})"
-        return "partly" if ok else NOT
+    def judge(values: dict[str, tuple[float, float, float]]) -> str:
+        """values: size -> (mean, CI low, CI high). A size whose interval straddles the target's lower end is a tie:
+        said as such, never counted on either side (the verdict must not flip with the seeds drawn)."""
+        above = [d for d in sizes if values[d][1] >= lo]
+        below = [d for d in sizes if values[d][2] < lo]
+        ties = [d for d in sizes if d not in above and d not in below]
+        tie_text = ", ".join(f"d{d} [{values[d][1]:.2f}, {values[d][2]:.2f}]" for d in ties)
+        rising = _rising([values[d][0] for d in sizes], th["rising_slack"])
+        if len(above) == len(sizes) and rising:
+            return "reproduced" if all(values[d][0] <= hi for d in sizes) else f"reproduced (at or above {lo:g}–{hi:g})"
+        if len(below) == len(sizes):
+            return NOT
+        if not below and ties:
+            return f"undecided (the interval straddles {lo:g} at {tie_text})"
+        return "partly" + (f" (undecided at {tie_text})" if ties else "")
 
-    strict = {d: per[d]["top1"] for d in sizes}  # distinct seed pairs, i-th by |lambda|
-    paper_m = {d: per[d]["paper_metric"]["top1"] for d in sizes if "paper_metric" in per[d]}
+    strict = {d: (per[d]["top1"], per[d]["top1_lo"], per[d]["top1_hi"]) for d in sizes}  # distinct seed pairs, by |lambda|
+    paper_m = {d: (per[d]["paper_metric"]["top1"], per[d]["paper_metric"]["lo"][0], per[d]["paper_metric"]["hi"][0])
+               for d in sizes if "paper_metric" in per[d]}
     ours = "; ".join(
-        f"d{d}: " + (f"authors' metric {paper_m[d]:.3f}; " if d in paper_m else "")
+        f"d{d}: " + (f"authors' metric {paper_m[d][0]:.3f} [{paper_m[d][1]:.2f}, {paper_m[d][2]:.2f}]; " if d in paper_m else "")
         + f"distinct seeds, by |λ| {per[d]['top1']:.3f} [{per[d]['top1_lo']:.2f}, {per[d]['top1_hi']:.2f}]"
         + (f", most negative {per[d]['most_negative']['top1']:.3f}" if "most_negative" in per[d] else "")
         + f", most positive {per[d].get('top_positive', float('nan')):.3f}, best match {per[d]['top1_best_match']:.3f} "

@@ -112,7 +112,8 @@ def _loss_at(points: list[tuple[float, float]], tokens: float) -> tuple[float, b
     if n1 <= n0:
         return l0, tokens != n0
     slope = (l1 - l0) / (math.log(n1) - math.log(n0))
-    return l0 + slope * (math.log(tokens) - math.log(n0)), not n0 <= tokens <= n1
+    inside = n0 * (1 - 1e-9) <= tokens <= n1 * (1 + 1e-9)  # an endpoint reached through a product is still inside
+    return l0 + slope * (math.log(tokens) - math.log(n0)), not inside
 
 
 def equal_time_losses(points: dict[str, dict[str, tuple[float, float]]], speed: dict[str, float]) -> dict[str, Any]:
