@@ -221,6 +221,10 @@ def test_section5_analyses_run_from_the_cli(lm_run, sae_runs, tmp_path):
             "analyses=[sae_quality,sae_training_length]", "interactions.n_sequences=8")
     q = json.loads((tmp_path / "q" / "metrics.json").read_text())
     assert len(q["sae_quality"]["rows"]) == 2 and len(q["sae_training_length"]["rows"]) == 1
+    # C15's paired comparison: the mlp_in - mlp_out loss added of layer 1 on the same windows, with its spread
+    pair = q["sae_quality"]["paired"]["1"]
+    assert pair["diff"] == pytest.approx(pair["mlp_in"] - pair["mlp_out"]) and pair["se"] > 0 and pair["n_chunks"] >= 2
+    assert m["exactness_checks"] and all(c["passed"] for c in q["exactness_checks"].values())  # C1 counts them
 
 
 def test_sae_bad_inputs_are_one_line_errors(lm_run, sae_runs, tmp_path):
