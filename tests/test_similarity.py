@@ -171,6 +171,12 @@ def test_similarity_analysis_from_the_cli(tiny_mnist_run, tmp_path):
     checks = m["exactness_checks"]
     assert len(checks) == 4 and all(v["passed"] and v["rel_error"] < 1e-5 for v in checks.values())
     assert not (a / "analysis").exists()  # weight-only: nothing is written into the runs
+    assert s["eigenvector_cosines_between_seeds"] == {}
+    # beside a consistency analysis of the same runs, E4's eigenvector cosines are read for the comparison
+    run_cli("analyze", f"runs=[{d},{c},{b},{a}]", f"out={out}", "analyses=[consistency,similarity]")
+    s = json.loads((out / "metrics.json").read_text())["similarity"]
+    eig = s["eigenvector_cosines_between_seeds"]
+    assert set(eig) == {"d_hidden=32", "d_hidden=64"} and eig["d_hidden=32"]["top1"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_similarity_of_a_grid_without_seeds(tiny_mnist_run, tmp_path):

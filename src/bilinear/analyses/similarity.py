@@ -101,9 +101,10 @@ def _sort_key(params: dict) -> tuple:
     return tuple((0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v)) for v in params.values())
 
 
-def _eigen_top1(out: Path, groups: dict[str, dict]) -> dict[str, float]:
-    """E4's top-eigenvector |cos| between seeds per size, from a consistency analysis of the same runs beside this one
-    (consistency/consistency.json), for the figure; {} when there is none or it was made from other runs."""
+def _eigen_cosines(out: Path, groups: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """E4's eigenvector |cos| between seeds per size (``top1``: the i = 1 vectors by |lambda|, C7's number;
+    ``top_positive``: the most positive ones), from a consistency analysis of the same runs beside this one
+    (consistency/consistency.json); {} when there is none or it was made from other runs."""
     path = out.parent / "consistency" / "consistency.json"
     if not path.exists():
         return {}
@@ -115,7 +116,7 @@ def _eigen_top1(out: Path, groups: dict[str, dict]) -> dict[str, float]:
             continue
         s = per_size.get(str(sizes.pop()))
         if s and sorted(s.get("seeds", [])) == sorted(r["seed"] for r in g["runs"]):
-            found[label] = float(s["top1"])
+            found[label] = {"top1": float(s["top1"]), "top_positive": float(s["top_positive"])}
     return found
 
 
@@ -165,9 +166,9 @@ def similarity(contexts, out: Path, cfg) -> dict:
     # the reference: the run with the largest value of every varying key (the widest model; the most regularised
     # cell of a wd x noise grid), lowest seed
     ref = max(range(len(runs)), key=lambda i: (_sort_key(runs[i]["params"]), -runs[i]["seed"]))
-    eigen_top1 = _eigen_top1(out, groups)
+    eigen = _eigen_cosines(out, groups)
 
-    _plot(out, runs, labels, groups, total, per_class, ref, keys, eigen_top1)
+    _plot(out, runs, labels, groups, total, per_class, ref, keys, eigen)
     seed_pair = {k: g["seed_pair_mean"] for k, g in groups.items() if "seed_pair_mean" in g}
     result = {
         "runs": [{k: r[k] for k in ("name", "seed", "params", "group")} for r in runs], "varying": keys,
@@ -177,7 +178,7 @@ def similarity(contexts, out: Path, cfg) -> dict:
         "seed_pair_mean": seed_pair, "group_labels": labels, "group_matrix": group_matrix.tolist(),
         "reference": runs[ref]["name"], "to_reference": {r["name"]: float(total[ref, i]) for i, r in enumerate(runs)},
         "to_reference_per_class": {r["name"]: per_class[:, ref, i].tolist() for i, r in enumerate(runs)},
-        "eigenvector_top1_between_seeds": eigen_top1,
+        "eigenvector_cosines_between_seeds": eigen,
         "method": "cosine of the symmetric input-space tensors from Gram matrices of the factors (bilinear.similarity)",
     }
     if len(keys) == 1 and seed_pair:  # one swept value (d_hidden for E4): the numbers by that value, for the report
@@ -186,7 +187,7 @@ def similarity(contexts, out: Path, cfg) -> dict:
     return result
 
 
-def _plot(out: Path, runs, labels, groups, total, per_class, ref, keys, eigen_top1) -> None:
+def _plot(out: Path, runs, labels, groups, total, per_class, ref, keys, eigen) -> None:
     seeded = [k for k in labels if "seed_pair_mean" in groups[k]]
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.2))
     R = len(runs)
@@ -209,9 +210,11 @@ def _plot(out: Path, runs, labels, groups, total, per_class, ref, keys, eigen_to
                         [groups[k]["seed_pair_max"] for k in seeded], label="whole tensor (band: min-max over seed pairs)",
                         marker="o")
         ax.plot(xs, [groups[k]["per_class_mean_over_classes"] for k in seeded], "s--", label="per class Q_c (mean)")
-        if eigen_top1:
-            pts = [(xv, eigen_top1[k]) for xv, k in zip(xs, seeded) if k in eigen_top1]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "^:", color="gray", label="E4: top eigenvector |cos| (C7)")
+        for what, style, name in (("top1", "^:", "E4: top eigenvector by |λ|, |cos| (C7)"),
+                                  ("top_positive", "v:", "E4: top positive eigenvector, |cos|")):
+            pts = [(xv, eigen[k][what]) for xv, k in zip(xs, seeded) if k in eigen]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color="gray", label=name)
         if numeric:
             ax.set_xscale("log" if min(xs) > 0 and max(xs) / min(xs) >= 10 else "linear")
             ax.set_xlabel(_short(keys[0]))
