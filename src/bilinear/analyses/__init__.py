@@ -36,7 +36,7 @@ REGISTRY: dict[str, Analysis] = {}
 EXACTNESS_KEY = "exactness_checks"  # analysis/metrics.json: every decomposition checked, passed or not (claim C1)
 
 # Modules that register analyses; a new experiment adds its module name here.
-_MODULES = ["spectrum", "eigenvectors", "samples", "lm_exactness", "gated_comparison", "toys", "adversarial", "augment_grid", "overfitting", "truncation", "consistency", "explain", "hosvd", "beta_annealing", "lowrank", "interactions", "negation", "sae_quality", "similarity"]
+_MODULES = ["spectrum", "eigenvectors", "samples", "lm_exactness", "gated_comparison", "toys", "adversarial", "augment_grid", "overfitting", "truncation", "consistency", "explain", "hosvd", "beta_annealing", "lowrank", "interactions", "negation", "sae_quality", "similarity", "explorer"]
 
 
 def register(name: str, kinds: tuple[str, ...], scope: str = "run", default: bool = True):
