@@ -119,8 +119,8 @@ function curve(y, at, opts) {
                                "stroke-width": 1.5}));
   root.append(svg("circle", {cx: X(at), cy: Y(y[at]), r: 4, fill: "#dd8452", id: opts.markerId || ""}));
   root.append(svg("line", {x1: L, x2: L, y1: 4, y2: B, stroke: "#999"}), svg("line", {x1: L, x2: W, y1: B, y2: B, stroke: "#999"}));
-  for (const k of [0, 1, 3, 10, 30, 100, 300, 1000].filter(k => X(n) - X(k) > 22).concat([n]))
-    root.append(svg("text", {x: X(k), y: H - 3, "text-anchor": "middle"}, String(k)));
+  for (const k of [0, 1, 3, 10, 30, 100, 300, 1000].filter(k => X(n) - X(k) > 34).concat([n]))
+    root.append(svg("text", {x: X(k), y: H - 3, "text-anchor": k === n ? "end" : "middle"}, String(k)));
   root.append(svg("text", {x: 2, y: 12}, opts.hiLabel || fmt(hi)), svg("text", {x: 2, y: B}, opts.loLabel || fmt(lo)));
   return root;
 }
