@@ -1,4 +1,5 @@
-"""Text corpora for the language models: the synthetic stories, TinyStories and FineWeb-Edu (PAPER.md §3).
+"""Text corpora for the language models: the synthetic stories, TinyStories, FineWeb-Edu (PAPER.md §3), and
+natural English from a folder of .txt files (issue 13: the offline corpus of ``make data``, or the user's own).
 
 A source yields documents per split (``docs(split)``) and describes itself (``settings``) so that the token
 cache (``bilinear.dataio.tokens``) can be keyed by it. Local files come first; otherwise the HF hub when
@@ -17,6 +18,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig
 
+from bilinear.dataio import text_corpus
 from bilinear.dataio.stories import generate_corpus
 from bilinear.dataio.tokenizer import EOT
 from bilinear.errors import ConfigError, DataError
@@ -177,7 +179,50 @@ class FineWebSource(HubSource):
         self.hub_config = cfg.get("hub_config") or "sample-10BT"
 
 
-SOURCES = {"stories": StoriesSource, "tinystories": TinyStoriesSource, "fineweb": FineWebSource}
+class TextFolderSource:
+    """Natural text from a folder of UTF-8 .txt files, one document per file (issue 13).
+
+    ``data.local_path`` defaults to the corpus ``make data`` assembles (``<data_root>/text/corpus``, one subfolder
+    per source); any folder of .txt files works the same way. Held-out documents are whole files chosen by
+    ``text_corpus.split_documents`` at ``data.val_fraction``. The token cache is keyed by a digest of every
+    file's name and bytes, so an edited corpus gets a new cache.
+    """
+
+    name = "text"
+
+    def __init__(self, cfg: DictConfig):
+        if not cfg.get("local_path"):
+            raise ConfigError("config: data.local_path must name a folder of .txt files")
+        self.folder = Path(str(cfg.local_path))
+        vf = cfg.get("val_fraction")
+        if isinstance(vf, bool) or not isinstance(vf, (int, float)) or not 0 < vf < 1:
+            raise ConfigError(f"config: data.val_fraction must be a number in (0, 1), got {vf!r}")
+        self.val_fraction = float(vf)
+        if not self.folder.is_dir():
+            raise DataError(f"no text corpus at {self.folder}: run `make data` (or `python scripts/fetch_data.py "
+                            f"--only text`), or set data.local_path to a folder of .txt files (one document per file)")
+        self._split: dict[str, list[text_corpus.Document]] | None = None
+        self._digest: str | None = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        if self._digest is None:
+            self._digest = text_corpus.folder_digest(self.folder)
+        return {"source": self.name, "content_sha256": self._digest, "val_fraction": self.val_fraction,
+                "split_rule": text_corpus.SPLIT_RULE}
+
+    def split(self) -> dict[str, list[text_corpus.Document]]:
+        """``{"train": [...], "val": [...]}``, read once."""
+        if self._split is None:
+            self._split = text_corpus.split_documents(text_corpus.read_txt_folder(self.folder), self.val_fraction)
+        return self._split
+
+    def docs(self, split: str) -> Iterator[str]:
+        return iter([d.text for d in self.split()[split]])
+
+
+SOURCES = {"stories": StoriesSource, "tinystories": TinyStoriesSource, "fineweb": FineWebSource,
+           "text": TextFolderSource}
 
 
 def build_source(cfg: DictConfig):
