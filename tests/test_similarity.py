@@ -4,19 +4,18 @@ analysis ``similarity``. The Gram-matrix formula is checked against the material
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from bilinear.decompose import BilinearForm, output_tensor
 from bilinear.similarity import class_inner_products, input_factors, similarity, similarity_matrix
 from conftest import run_cli
+from test_cross_analyses import copy_run
 
 
 def random_form(g: torch.Generator, h: int, d: int, o: int, n: int, embed: bool, bias: bool) -> BilinearForm:
@@ -106,15 +105,6 @@ def test_forms_on_different_inputs_are_refused():
 
 
 # --- the analysis from the CLI on copies of the tiny run --------------------------------------------------------
-def copy_run(src: Path, dst: Path, **overrides) -> Path:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("analysis"))
-    cfg = OmegaConf.load(dst / "config.yaml")
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key.replace("__", "."), value)
-    OmegaConf.save(cfg, dst / "config.yaml")
-    return dst
-
-
 def scale_and_permute(run: Path, seed: int, scale: float = 1.0, noise: float = 0.0) -> None:
     """Permute the hidden units of a run (same function, another basis); optionally scale the head (same direction)
     or perturb the bilinear weights (another function)."""

@@ -35,9 +35,8 @@ from bilinear import checkpoint
 from bilinear.analyses import jsonable, register
 from bilinear.analyses.explorer_page import render
 from bilinear.analyses.sae_context import decode_tokens, layer_activations, require_saes, sae_pair
-from bilinear.decompose import decompose_outputs, eigen_activations, reconstruct
+from bilinear.decompose import decompose_outputs, eigen_activations, interaction_matrices, reconstruct
 from bilinear.features import BasisMap, sae_basis_eigen, sae_basis_eigvals, sae_basis_matrices
-from bilinear.decompose import interaction_matrices
 from bilinear.tasks.lm import windows
 
 # image runs
