@@ -165,6 +165,10 @@ def test_c7_not_reproduced_with_either_metric_when_seeds_disagree(tmp_path):
     # an interval that straddles the target's lower end is a tie, said as such: seeds cannot flip the verdict
     v = verdict("C7", results(tmp_path / "c", {"consistency/analysis/metrics.json": consistency_metrics(lo, lo, half=0.05)}))
     assert v.startswith("undecided") and "straddles" in v
+    m = consistency_metrics(lo + 0.05, lo + 0.05, half=0.01)
+    m["consistency"]["per_size"]["30"]["paper_metric"].update(top1=lo + 0.01, lo=[lo - 0.03], hi=[lo + 0.05])
+    v = verdict("C7", results(tmp_path / "d", {"consistency/analysis/metrics.json": m}))
+    assert v.startswith("reproduced where resolved (undecided at d30") and "reproduced with distinct seed pairs" in v
 
 
 def truncation_metrics(acc_k10: float, full: float = 0.98) -> dict:

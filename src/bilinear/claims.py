@@ -390,8 +390,10 @@ def consistency_claim(res: Results) -> Row | None:
             return "reproduced" if all(values[d][0] <= hi for d in sizes) else f"reproduced (at or above {lo:g}–{hi:g})"
         if len(below) == len(sizes):
             return NOT
-        if not below and ties:
+        if not below and not above:
             return f"undecided (the interval straddles {lo:g} at {tie_text})"
+        if not below and rising:
+            return f"reproduced where resolved (undecided at {tie_text}, whose interval straddles {lo:g})"
         return "partly" + (f" (undecided at {tie_text})" if ties else "")
 
     strict = {d: (per[d]["top1"], per[d]["top1_lo"], per[d]["top1_hi"]) for d in sizes}  # distinct seed pairs, by |lambda|
@@ -419,7 +421,9 @@ def consistency_claim(res: Results) -> Row | None:
     if sw:
         notes.append("Measured order swaps between distinct seed pairs (per pair and class, top eigenvector by |λ|): " + "; ".join(
             f"d{d}: the top eigenvector's best match in the other seed is at another |λ| rank in {100 * s['swap_fraction']:.0f}% "
-            f"of cases, the top |λ| has opposite signs in {100 * s['sign_disagree_fraction']:.0f}%, |λ2|/|λ1| ≥ "
+            f"of cases, the top |λ| has opposite signs in {100 * s['sign_disagree_fraction']:.0f}%"
+            + (f" ({100 * s['sign_disagree_given_swap']:.0f}% of the swaps)" if s.get("sign_disagree_given_swap") is not None else "")
+            + f", |λ2|/|λ1| ≥ "
             f"{s['near_equal_ratio']:g} in {100 * s['near_equal_fraction']:.0f}%; |cos| where no swap {fmt(s['cos_no_swap'], 2)}, "
             f"where swapped {fmt(s['cos_swap'], 2)}; undoing the swaps (best match) raises the mean from {s['index_matched']:.2f} "
             f"to {s['best_match']:.2f}" for d, s in sw.items()) + ".")

@@ -35,6 +35,7 @@ from bilinear import checkpoint
 from bilinear.analyses import jsonable, register
 from bilinear.analyses.explorer_page import render
 from bilinear.analyses.sae_context import decode_tokens, layer_activations, require_saes, sae_pair
+from bilinear.claims_table import paper
 from bilinear.decompose import decompose_outputs, eigen_activations, interaction_matrices, reconstruct
 from bilinear.features import BasisMap, sae_basis_eigen, sae_basis_eigvals, sae_basis_matrices
 from bilinear.tasks.lm import windows
@@ -282,6 +283,7 @@ def lm_payload(ctx) -> dict:
     neg_summary = None
     if negation:
         neg_summary = {k: negation.get(k) for k in ("pair", "decoder_cosine", "layer")}
+        neg_summary["paper_decoder_cosine"] = paper("C12")["decoder_cosine"]  # the one table of the paper's numbers
         neg_summary["outputs"] = [{k: o.get(k) for k in ("feature", "type")} for o in negation.get("outputs", [])]
         neg_summary["top2_approximation"] = negation.get("top2_approximation")
     low_summary = None

@@ -229,7 +229,7 @@ function lmApp(app) {
   if (D.negation) {
     const n = D.negation;
     app.append(el("section", {id: "negation-section"}, el("h2", {text: "The negation pair (E11, C12)"}),
-      el("p", {text: `output features ${n.pair.join(" and ")}: decoder cosine ${fmt(n.decoder_cosine, 3)} (paper: −0.975), ` +
+      el("p", {text: `output features ${n.pair.join(" and ")}: decoder cosine ${fmt(n.decoder_cosine, 3)} (paper: ${fmt(n.paper_decoder_cosine, 3)}), ` +
                      `layer ${n.layer}.`}),
       el("ul", {}, (n.outputs || []).map((o, i) => {
         const t = (n.top2_approximation || [])[i] || {};
