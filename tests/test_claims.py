@@ -239,7 +239,8 @@ def test_c11_not_reproduced_when_direction_1_mixes_vertical_and_horizontal(tmp_p
 
 
 def test_c12_not_reproduced_when_no_pair_is_tied_to_the_rule(tmp_path):
-    m = {"layer": 0, "pair": [1, 2], "decoder_cosine": -0.5, "tied_to_rule": {"tied": False, "output_types": ["a", "b"]}}
+    m = {"layer": 0, "pair": [1, 2], "decoder_cosine": -0.5, "n_rule_positions": {"pos": 40, "neg": 40},
+         "tied_to_rule": {"tied": False, "output_types": ["a", "b"]}}
     assert verdict("C12", results(tmp_path, {"sae/layer0/analysis/metrics.json": {"negation": m}})) == NOT
 
 
@@ -373,3 +374,16 @@ def test_each_paper_number_is_written_once_in_the_code():
         text = path.read_text()
         found = [n for n in distinctive if re.search(rf"(?<![\d.]){re.escape(n)}(?!\d)", text)]
         assert not found, f"{path.relative_to(ROOT)} writes the paper's number(s) {found}: read them from claims_table"
+
+
+def test_language_claims_judge_each_track_on_its_own(tmp_path):
+    """The stories and natural-text tracks (issue 13) each get their verdict; a failing one is not hidden by the other."""
+    tol = thresholds("C16")["tolerance"]
+    res = results(tmp_path, {"stories/analysis/metrics.json": gated(0.0, -tol / 2, tol / 2),
+                             "text/analysis/metrics.json": gated(3 * tol, 2 * tol, 4 * tol)})
+    v = verdict("C16", res)
+    assert v.startswith("stories: holds; text: NOT reproduced")
+    # C12 on a corpus without the planted rule is reported, not judged against a rule that is not there
+    m = {"layer": 0, "pair": [1, 2], "decoder_cosine": -0.9, "n_rule_positions": {"pos": 0, "neg": 0},
+         "tied_to_rule": {"tied": False, "output_types": ["mixed", "mixed"]}}
+    assert verdict("C12", results(tmp_path / "t", {"text_sae/layer0/analysis/metrics.json": {"negation": m}})).startswith("not judged")

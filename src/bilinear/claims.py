@@ -621,18 +621,21 @@ def hosvd_claim(res: Results) -> Row | None:
 # --- the language claims -------------------------------------------------------------------------------
 
 
-@verdict("C12")
-def negation_claim(res: Results) -> Row | None:
-    layers = res.analyses_named("sae", "negation")
+def negation_track(res: Results, exp: str) -> Row | None:
+    layers = res.analyses_named(exp, "negation")
     if not layers:
         return None
     p = paper("C12")
     parts, notes, figs, verdicts = [], [], [], []
     for key, m in layers.items():
+        if "n_rule_positions" in m and not sum(m["n_rule_positions"].values()):  # natural text: no planted rule to check
+            parts.append(f"layer {m['layer']}, paper's recipe: pair {m['pair']} (decoder cos {m['decoder_cosine']:.2f})")
+            verdicts.append("not judged: no planted rule in this corpus to tie the pair to")
+            continue
         recipe_tied = m["tied_to_rule"]["tied"]
         parts.append(f"layer {m['layer']}, paper's recipe: pair {m['pair']} (decoder cos {m['decoder_cosine']:.2f}; "
                      f"{' / '.join(m['tied_to_rule']['output_types'])}): {'the rule' if recipe_tied else 'not the rule'}")
-        fig = res.figure("sae", key, "analysis", "negation", "negation.png")
+        fig = res.figure(exp, key, "analysis", "negation", "negation.png")
         figs += [fig] if fig else []
         pp = m.get("probe_pair")
         if pp:
@@ -658,10 +661,11 @@ def negation_claim(res: Results) -> Row | None:
                              f"inputs active at the rule: {a['cross']:+.3f} ({a['cross_over_std']:.0f}× the cross std "
                              f"{pp['cross_std']:.3g}) between {' × '.join(a['input_types'])}, self {a['self'][0]:+.3f} / {a['self'][1]:+.3f}")
             for name in ("negation_probe_pair.png", "negation_probe_scan.png"):
-                fig = res.figure("sae", key, "analysis", "negation", name)
+                fig = res.figure(exp, key, "analysis", "negation", name)
                 figs += [fig] if fig else []
         verdicts.append("reproduced" if recipe_tied else ("partly" if pp and pp["tied_to_rule"]["tied"] else NOT))
-    best = "reproduced" if "reproduced" in verdicts else ("partly" if "partly" in verdicts else NOT)
+    judged = [v for v in verdicts if not v.startswith("not judged")]
+    best = (verdicts[0] if not judged else "reproduced" if "reproduced" in judged else "partly" if "partly" in judged else NOT)
     return Row("C12", f"AND-gate: negation × sentiment cross-interactions far above the typical std ({p['cross_std']:g}), "
                f"negligible self-interactions; one large ± eigenvalue pair ({p['eigenvalues'][0]:+g} / {p['eigenvalues'][1]:+g}); "
                f"top-2 r {p['top2_corr_active']:g} active, {p['top2_corr_large']:g} large; decoder cosine {p['decoder_cosine']:g}",
@@ -673,9 +677,8 @@ def negation_claim(res: Results) -> Row | None:
                      "activation at those positions per cell (adjective polarity × negated). " + ". ".join(notes) + ".")
 
 
-@verdict("C13")
-def lowrank_claim(res: Results) -> Row | None:
-    layers = {k: m for k, m in res.analyses_named("sae", "lowrank").items() if "mean_corr_k2" in m}
+def lowrank_track(res: Results, exp: str) -> Row | None:
+    layers = {k: m for k, m in res.analyses_named(exp, "lowrank").items() if "mean_corr_k2" in m}
     if not layers:
         return None
     p, slack = paper("C13"), thresholds("C13")["k1_slack"]
@@ -691,7 +694,7 @@ def lowrank_claim(res: Results) -> Row | None:
         most = fr[t] > p["fraction_k2"]
         lowest = min(fr, key=float)
         verdicts.append("reproduced" if k1_ok and most else ("partly" if most or fr[lowest] > p["fraction_k2"] else NOT))
-        fig = res.figure("sae", key, "analysis", "lowrank", "lowrank.png")
+        fig = res.figure(exp, key, "analysis", "lowrank", "lowrank.png")
         figs += [fig] if fig else []
         notes.append(f"layer {m['layer']}: output SAE {Path(m['sae']).name}, {m['n_sequences']} held-out sequences "
                      f"({m['n_positions']} positions, first dropped), features with > {m['min_active']} activations")
@@ -703,9 +706,8 @@ def lowrank_claim(res: Results) -> Row | None:
                                         f"than {100 * p['fraction_k2']:.0f}% of the features exceed {t} at k = 2.")
 
 
-@verdict("C14")
-def training_length_claim(res: Results) -> Row | None:
-    m = (res.analysis("e13", None) or {}).get("sae_training_length")
+def training_length_track(res: Results, exp: str) -> Row | None:
+    m = (res.analysis(exp, None) or {}).get("sae_training_length")
     if not m or not m.get("rows"):
         return None
     p, th = paper("C14"), thresholds("C14")
@@ -716,7 +718,7 @@ def training_length_claim(res: Results) -> Row | None:
     corr_rises = rows[-1]["top2_corr_mean"] > rows[0]["top2_corr_mean"] + th["corr_rise"]
     nmse_flat = abs(rows[-1]["nmse"] - rows[0]["nmse"]) < th["nmse_flat"] * max(rows[0]["nmse"], 1e-9)
     v = "reproduced" if corr_rises and nmse_flat else ("partly" if corr_rises or nmse_flat else NOT)
-    fig = res.figure("e13", "analysis", "sae_training_length", "table5.png")
+    fig = res.figure(exp, "analysis", "sae_training_length", "table5.png")
     return Row("C14", f"NMSE barely moves ({p['nmse'][0]:g} -> {p['nmse'][1]:g}), loss recovered {p['loss_recovered'][0]:g} -> "
                f"{p['loss_recovered'][1]:g}, mean top-2 r " + " -> ".join(f"{x:g}" for x in p["top2_corr"]), ours, v,
                figures=[fig] if fig else [],
@@ -725,9 +727,8 @@ def training_length_claim(res: Results) -> Row | None:
                      f"than {th['corr_rise']:g} while NMSE changes by less than {100 * th['nmse_flat']:.0f}% of its first value.")
 
 
-@verdict("C15")
-def sae_quality_claim(res: Results) -> Row | None:
-    m = (res.analysis("sae", None) or {}).get("sae_quality")
+def sae_quality_track(res: Results, exp: str) -> Row | None:
+    m = (res.analysis(exp, None) or {}).get("sae_quality")
     if not m or not m.get("rows"):
         return None
     p, z = paper("C15")["loss_added"], thresholds("C15")["z"]
@@ -767,7 +768,7 @@ def sae_quality_claim(res: Results) -> Row | None:
         v += "; the differences were not measured against their spread for these results, so a small one may be noise"
     nm = ", ".join(f"{r['site']} L{r['layer'] + 1} NMSE {r['nmse']:.3f} / recovered {r['loss_recovered']:.3f} / dead "
                    f"{r['dead_fraction']:.0%}" for r in m["rows"])
-    fig = res.figure("sae", "analysis", "sae_quality", "sae_quality.png")
+    fig = res.figure(exp, "analysis", "sae_quality", "sae_quality.png")
     return Row("C15", "loss added per layer 1-6: mlp_out " + ", ".join(f"{x:g}" for x in p["mlp_out"]) + "; mlp_in "
                + ", ".join(f"{x:g}" for x in p["mlp_in"]) + " (Fig 23)", "loss added " + "; ".join(parts), v,
                figures=[fig] if fig else [],
@@ -777,9 +778,8 @@ def sae_quality_claim(res: Results) -> Row | None:
                      f"chunks; a difference within {z:g} standard errors is reported as a tie, not as either order.")
 
 
-@verdict("C16")
-def competitive_claim(res: Results) -> Row | None:
-    m = (res.analysis("stories", None) or {}).get("gated_comparison")
+def competitive_track(res: Results, exp: str) -> Row | None:
+    m = (res.analysis(exp, None) or {}).get("gated_comparison")
     if not m:
         return None
     p, tol = paper("C16"), thresholds("C16")["tolerance"]
@@ -816,10 +816,11 @@ def competitive_claim(res: Results) -> Row | None:
             return None
         which = "equal time (wall clock, so machine load can move it)" if "equal_time" in details else "equal tokens"
         v = ("holds" if gap <= tol else f"{NOT} (bilinear {gap:+.1%} behind the best gated MLP)") + f", at {which}"
-    fig = res.figure("stories", "analysis", "gated_comparison", "gated_comparison.png")
-    rule = (res.train_metrics("stories", "bilinear") or {}).get("rule_acc") or {}
-    notes += ("Planted-rule accuracy of the bilinear run on held-out stories: "
-              + (", ".join(f"{c} {100 * x:.1f}%" for c, x in rule.items()) or "not recorded") + ".")
+    fig = res.figure(exp, "analysis", "gated_comparison", "gated_comparison.png")
+    rule = (res.train_metrics(exp, "bilinear") or {}).get("rule_acc") or {}
+    if rule:  # the stories corpus' planted negation rule (natural text has none)
+        notes += "Planted-rule accuracy of the bilinear run on held-out stories: " + ", ".join(
+            f"{c} {100 * x:.1f}%" for c, x in rule.items()) + "."
     return Row("C16", "equal epochs " + show(p["equal_tokens"]) + "; equal wall-clock " + show(p["equal_time"])
                + f" (bilinear / ReGLU / SwiGLU); holds when bilinear is within {tol:.0%} of the best gated MLP at equal time",
                "; ".join(parts), v, figures=[fig] if fig else [], notes=notes)
@@ -858,6 +859,25 @@ def beta_annealing_claim(res: Results) -> Row | None:
                      f"beta. Held-out losses are the runs' final metrics; fine-tune seconds: annealed {a['train_seconds']:.0f}, "
                      f"fixed beta {b['train_seconds']:.0f}. The loss gap of a 1.1B model on 400M tokens need not carry over "
                      "to a small LM, so this row can fail for that reason alone.")
+
+
+def tracks(res: Results, cid: str, track: Callable[[Results, str], Row | None]) -> Row | None:
+    """One row from a claim's experiments (the stories track, and the natural-text track where it ran): a single
+    track's row as it is; several are joined, each part and verdict named by its experiment."""
+    rows = [(exp, r) for exp in TABLE[cid]["experiments"] if (r := track(res, exp)) is not None]
+    if len(rows) <= 1:
+        return rows[0][1] if rows else None
+    first = rows[0][1]
+    return Row(cid, first.paper, "; ".join(f"**{e}**: {r.ours}" for e, r in rows),
+               "; ".join(f"{e}: {r.verdict}" for e, r in rows), reference=first.reference,
+               figures=[f for _, r in rows for f in r.figures], notes=" ".join(f"{e}: {r.notes}" for e, r in rows))
+
+
+verdict("C12")(lambda res: tracks(res, "C12", negation_track))
+verdict("C13")(lambda res: tracks(res, "C13", lowrank_track))
+verdict("C14")(lambda res: tracks(res, "C14", training_length_track))
+verdict("C15")(lambda res: tracks(res, "C15", sae_quality_track))
+verdict("C16")(lambda res: tracks(res, "C16", competitive_track))
 
 
 # --- every claim ---------------------------------------------------------------------------------------

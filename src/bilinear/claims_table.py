@@ -6,7 +6,8 @@ Grep for a paper number: it is found here once.
 
 Per claim:
     title        the short name of the claim (the report's "What" column)
-    experiments  the results/ experiments whose numbers feed it (to say "failed" or "not run" when absent)
+    experiments  the results/ experiments whose numbers feed it (to say "failed" or "not run" when absent); the
+                 language claims have a stories track and a natural-text track (issue 13), each judged on its own
     needs        what the paper-scale experiment needs that a CPU machine lacks (said when it was not run)
     paper        the paper's numbers (PAPER.md ids in the comments)
     reference    numbers of the published reproduction study or the authors' notebook, where PAPER.md gives them
@@ -130,7 +131,7 @@ TABLE: dict[str, dict[str, Any]] = {
     },
     "C12": {
         "title": "negation AND-circuit",
-        "experiments": ("sae",),
+        "experiments": ("sae", "text_sae"),
         "needs": "a GPU and the TinyStories data",
         "paper": {"cross_std": 0.004, "eigenvalues": (0.62, -0.66), "top2_corr_active": 0.66, "top2_corr_large": 0.76,
                   "decoder_cosine": -0.975},  # E11 / Fig 8
@@ -138,7 +139,7 @@ TABLE: dict[str, dict[str, Any]] = {
     },
     "C13": {
         "title": "low-rank output features",
-        "experiments": ("sae",),
+        "experiments": ("sae", "text_sae"),
         "needs": "a GPU and the TinyStories data",
         "paper": {"mean_corr_k1": 0.65, "corr_threshold": 0.75, "fraction_k2": 0.5},  # E12: "most" (> half) above 0.75
         "reference": {"fraction_above_k2": {"TinyStories": 0.32, "FineWeb-12": 0.45, "FineWeb-16": 0.65}},
@@ -146,7 +147,7 @@ TABLE: dict[str, dict[str, Any]] = {
     },
     "C14": {
         "title": "SAE training length",
-        "experiments": ("e13",),
+        "experiments": ("e13", "text_e13"),
         "needs": "a GPU and the TinyStories data",
         "paper": {"nmse": (0.17, 0.15), "loss_recovered": (0.60, 0.66),  # E13 / Table 5: first and last SAE
                   "top2_corr": (0.17, 0.28, 0.42, 0.52, 0.59)},
@@ -157,7 +158,7 @@ TABLE: dict[str, dict[str, Any]] = {
     },
     "C15": {
         "title": "SAE quality",
-        "experiments": ("sae",),
+        "experiments": ("sae", "text_sae"),
         "needs": "a GPU and the TinyStories data",
         # Fig 23: the TinyStories model's loss added, layers 1-6
         "paper": {"loss_added": {"mlp_out": (0.012, 0.021, 0.038, 0.049, 0.059, 0.087),
@@ -166,7 +167,7 @@ TABLE: dict[str, dict[str, Any]] = {
     },
     "C16": {
         "title": "bilinear is competitive",
-        "experiments": ("stories",),
+        "experiments": ("stories", "text"),
         "needs": "a GPU and the TinyStories data",
         # Appendix I / Table 6: final loss, bilinear / ReGLU / SwiGLU
         "paper": {"equal_tokens": {"bilinear": 1.337, "reglu": 1.332, "swiglu": 1.321},
