@@ -460,7 +460,7 @@ def truncation_claim(res: Results) -> Row | None:
     sizes = (res.analysis("consistency", None) or {}).get("truncation_sizes")
     if sizes:
         per = []
-        for d, s in sizes["per_size"].items():
+        for d, s in sorted(sizes["per_size"].items(), key=lambda kv: int(kv[0])):
             kk = min(k, len(s["error_mean"]) - 1)
             drops[f"d{d}"] = s["error_mean"][kk] - s["full_error_mean"]
             per.append(f"d{d}: " + "/".join(f"{100 * s['error_mean'][x]:.2f}" for x in (1, 5, 10, 30) if x < len(s["error_mean"]))
