@@ -153,6 +153,7 @@ def test_analyze_corrupt_safetensors(tiny_mnist_run, tmp_path):
 def test_analyze_weights_that_do_not_match_config(tiny_mnist_run, tmp_path):
     bad = tmp_path / "mismatch"
     shutil.copytree(tiny_mnist_run, bad)
+    (bad / "manifest.json").unlink()  # a hand-edited run without a manifest: the shape check itself must catch it
     cfg = (bad / "config.yaml").read_text().replace("d_hidden: 32", "d_hidden: 48")
     (bad / "config.yaml").write_text(cfg)
     assert_clean_error(run_cli("analyze", f"ckpt={bad}", check=False), "do not match")

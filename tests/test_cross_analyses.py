@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def copy_run(src: Path, dst: Path, **overrides) -> Path:
     """A copy of a run directory with config values replaced (``train.noise_std=0.0`` as keyword ``train__noise_std``)."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("analysis"))
+    (dst / "manifest.json").unlink(missing_ok=True)  # edited by hand below: no longer the files training wrote
     cfg = OmegaConf.load(dst / "config.yaml")
     for key, value in overrides.items():
         OmegaConf.update(cfg, key.replace("__", "."), value)

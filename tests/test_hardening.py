@@ -47,6 +47,8 @@ def _payloads(tmp: Path, marker: Path) -> list[dict]:
 def _plant(run: Path, dst: Path, key: str, payload) -> Path:
     """A copy of ``run`` whose config.yaml has ``payload`` at ``key`` (a dotted path)."""
     shutil.copytree(run, dst)
+    # a crafted run carries no manifest (a forger drops it): the defence under test must stop the payload itself
+    (dst / "manifest.json").unlink(missing_ok=True)
     cfg = OmegaConf.load(dst / "config.yaml")
     OmegaConf.update(cfg, key, payload, force_add=True)
     OmegaConf.save(cfg, dst / "config.yaml")
@@ -136,6 +138,7 @@ def test_models_come_only_from_the_allow_list():
 def test_a_huge_width_in_a_run_config_is_refused_before_allocating(tiny_mnist_run, tmp_path):
     bad = tmp_path / "huge"
     shutil.copytree(tiny_mnist_run, bad)
+    (bad / "manifest.json").unlink(missing_ok=True)  # hand-edited: the allocation check must stop it, not the hash
     cfg = OmegaConf.load(bad / "config.yaml")
     cfg.model.d_hidden = 10**9  # 784 x 1e9 x 2 floats: ~6 TB if it were allocated
     OmegaConf.save(cfg, bad / "config.yaml")
@@ -227,6 +230,7 @@ def test_hand_made_run_directories_get_one_line_errors(tiny_mnist_run, tmp_path)
     bad = tmp_path / "no_data_name"
     shutil.copytree(tiny_mnist_run, bad)
     shutil.rmtree(bad / "analysis", ignore_errors=True)
+    (bad / "manifest.json").unlink(missing_ok=True)  # hand-made: no manifest
     cfg = OmegaConf.load(bad / "config.yaml")
     del cfg.data["name"]
     OmegaConf.save(cfg, bad / "config.yaml")
