@@ -348,3 +348,30 @@ def test_reproduce_stops_its_children_on_sigterm(fixture_data_root, tmp_path):
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), \
             f"child {pid} still running"
+
+
+def test_reproduce_resumes_a_checkpointed_run(fixture_data_root, tmp_path, monkeypatch):
+    """An unfinished run with a checkpoint is continued (train.resume=true), not set aside and started over."""
+    import bilinear.reproduce as rp
+    from bilinear.rundir import checkpoint_step
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    args = ["--profile", "tiny", "--runs", str(runs), "--results", str(results), "--data-root", str(fixture_data_root)]
+    _profile(monkeypatch, {"m": {"runs": {"main": ["task=mnist", "train.epochs=4", "train.checkpoint_every=2",
+                                                   "+train.stop_after_steps=3"]}}})
+    rp.main(args)
+    run = runs / "tiny" / "m" / "main"
+    first = checkpoint_step(run)
+    assert first is not None
+    rp.main(args)
+    assert json.loads((results / "status.json").read_text())["experiments"]["m"]["runs"]["main"] == "resumed"
+    assert checkpoint_step(run) > first and not [p for p in run.parent.iterdir() if ".stale-" in p.name]
+
+
+def test_error_line_reads_hydra_override_errors():
+    from bilinear.reproduce import error_line
+
+    out = ["Could not override 'train.nope'.", "To append to your config use +train.nope=3",
+           "Key 'nope' is not in struct", "    full_key: train.nope", "    object_type=dict", "",
+           "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace."]
+    assert error_line(out) == "Could not override 'train.nope'. Key 'nope' is not in struct"

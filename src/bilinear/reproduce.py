@@ -34,6 +34,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from bilinear import checkpoint
 from bilinear.config import project_root
 from bilinear.errors import ConfigError
+from bilinear.rundir import checkpoint_step
 
 COLLECT_SUFFIXES = (".png", ".json", ".csv", ".md")
 # An override may name another experiment's run, ``lm=@run:stories/bilinear``: it becomes that run's directory,
@@ -96,23 +97,31 @@ def expand_runs(exp: DictConfig) -> dict[str, list[str]]:
 
 # Overrides that say where or how visibly a run happens, not what it is: a change in them keeps a run valid.
 PLACEMENT_KEYS = ("data_root", "hydra.run.dir", "train.progress", "train.resume")
+DETAIL_LINE = re.compile(r"^(full_key:|object_type=|reference_type=|To append)")
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b.*")
 
 
 def error_line(lines: list[str]) -> str:
     """The line of a failed command's output that says what went wrong.
 
-    Our commands print ``error: ...``; anything else ends in a traceback whose last exception line is the
-    cause. Hydra's closing advice ("Set the environment variable HYDRA_FULL_ERROR=1 ...") is never it.
+    Our commands print ``error: ...``; Hydra's own override errors start "Could not override ..." (with the
+    reason on the next lines); anything else ends in a traceback whose last exception line is the cause.
+    Hydra's closing advice ("Set the environment variable HYDRA_FULL_ERROR=1 ...") and omegaconf's detail
+    lines (full_key, object_type) are never it.
     """
     lines = [ln.strip() for ln in lines if ln.strip() and "HYDRA_FULL_ERROR" not in ln]
     for ln in reversed(lines):
         if ln.startswith("error:"):
             return ln
+    for i, ln in enumerate(lines):
+        if ln.startswith(("Could not override", "Error merging override", "Could not load")):
+            reason = [r for r in lines[i + 1 : i + 4] if r.startswith(("Key ", "Invalid ", "Could not find"))]
+            return " ".join([ln, *reason[:1]])
     for ln in reversed(lines):
-        if EXCEPTION_LINE.match(ln):
+        if EXCEPTION_LINE.match(ln) and not DETAIL_LINE.match(ln):
             return ln
-    return lines[-1] if lines else "(no output)"
+    rest = [ln for ln in lines if not DETAIL_LINE.match(ln)]
+    return rest[-1] if rest else "(no output)"
 
 
 def run_overrides(run_dir: Path) -> list[str] | None:
@@ -226,7 +235,7 @@ def prepare_run(run_dir: Path, overrides: list[str]) -> tuple[str, list[str]]:
         same = run_overrides(run_dir) == comparable(overrides)
         if checkpoint.is_complete(run_dir) and same:
             return "reuse", []
-        if same and (run_dir / checkpoint.TRAIN_STATE).exists():
+        if same and checkpoint_step(run_dir) is not None:
             return "resume", ["train.resume=true"]
         why = "its overrides changed" if checkpoint.is_complete(run_dir) else "it was unfinished"
         moved = set_aside(run_dir)
