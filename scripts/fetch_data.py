@@ -126,7 +126,14 @@ FETCHERS = {"mnist": fetch_mnist, "fmnist": fetch_fmnist}
 # --- the natural-text corpus (issue 13) -------------------------------------------------------------------
 
 TEXT = "text"
-TEXT_VAL_FRACTION = 0.05   # the manifest's split; conf/task/text.yaml's data.val_fraction must agree
+
+
+def text_val_fraction() -> float:
+    """The held-out fraction of ``task=text`` (conf/task/text.yaml), so the manifest's split is the task's."""
+    from omegaconf import OmegaConf
+
+    return float(OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "task" / "text.yaml").data.val_fraction)
+
 CLIENT_HINTS = {
     "apt-get": "a Debian-based system with apt (the Austen novels come only from Debian's r-cran-janeaustenr)",
     "dpkg-deb": "dpkg (apt-get install dpkg)",
@@ -234,7 +241,7 @@ def fetch_text(root: Path, force: bool = False) -> str:
             docs, lexicon, fetched = fetch_text_packages(Path(tmp))
             if dest.exists():  # a stale or partial corpus: documents of an older version must not linger
                 shutil.rmtree(dest)
-            manifest = text_corpus.write_corpus(dest, docs, lexicon, fetched, TEXT_VAL_FRACTION)
+            manifest = text_corpus.write_corpus(dest, docs, lexicon, fetched, text_val_fraction())
     except Unavailable as e:
         print(f"error: {TEXT}: {e}", file=sys.stderr)
         return "unavailable"
