@@ -163,7 +163,7 @@ def test_a_huge_authors_config_is_refused_before_allocating(tmp_path):
 
 # --- one-line errors for bad values, folders and logins -------------------------------------------------
 @pytest.mark.parametrize("override,needle", [
-    ("train.lr=-1", "train.lr must be >="),
+    ("train.lr=-1", "train.lr must be >= 0"),
     ("train.grad_clip=abc", "train.grad_clip must be float"),
     ("model.d_hidden=0", "model.d_hidden must be >= 1"),
     ("train.weight_decay=-0.5", "train.weight_decay must be >="),

@@ -41,7 +41,7 @@ INF = float("inf")
 # (another task's) are skipped. (types, low, high); bounds are inclusive, None means unbounded.
 SCHEMA: dict[str, tuple[tuple[type, ...], float | None, float | None]] = {
     "seed": ((int,), 0, None),
-    "train.lr": ((float,), 1e-12, None),               # AdamW rejects lr <= 0 with a traceback
+    "train.lr": ((float,), 0, None),                   # AdamW rejects lr < 0 with a traceback (0 freezes: a test uses it)
     "train.weight_decay": ((float,), 0, None),
     "train.grad_clip": ((float,), 0, None),            # null or 0 = off
     "train.epochs": ((int,), 1, None),
@@ -57,7 +57,6 @@ SCHEMA: dict[str, tuple[tuple[type, ...], float | None, float | None]] = {
     "train.stop_after_steps": ((int,), 1, None),
     "train.time_budget_s": ((float,), 1e-9, None),
     "train.init_from": ((str,), None, None),
-    "train.beta_anneal_fraction": ((float,), 0, 1),
     "train.augment.rotation": ((float,), 0, 180),
     "train.augment.translation": ((float,), 0, None),
     "train.augment.blur": ((float,), 0, None),

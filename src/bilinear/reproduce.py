@@ -125,7 +125,16 @@ def error_line(lines: list[str]) -> str:
 
 
 def run_overrides(run_dir: Path) -> list[str] | None:
-    """The overrides a run was trained with (Hydra's .hydra/overrides.yaml), minus placement keys; None if unknown."""
+    """The overrides a run was trained with, minus placement keys; None if unknown.
+
+    The manifest's first session is the record (only a session that passed the start checks writes it);
+    Hydra's .hydra/overrides.yaml is rewritten by every call into the folder, even a refused one, so it is
+    only the fallback for runs written before manifests.
+    """
+    manifest = checkpoint.read_manifest(run_dir)
+    sessions = (manifest or {}).get("sessions") or []
+    if sessions and isinstance(sessions[0].get("overrides"), list):
+        return comparable(sessions[0]["overrides"])
     path = run_dir / ".hydra" / "overrides.yaml"
     try:
         stored = OmegaConf.load(path)
