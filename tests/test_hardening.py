@@ -375,3 +375,25 @@ def test_error_line_reads_hydra_override_errors():
            "Key 'nope' is not in struct", "    full_key: train.nope", "    object_type=dict", "",
            "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace."]
     assert error_line(out) == "Could not override 'train.nope'. Key 'nope' is not in struct"
+
+
+def test_reproduce_reuse_only_trains_nothing_and_lists_what_is_missing(fixture_data_root, tmp_path, monkeypatch):
+    """--reuse-only (a profile whose training is split across sessions): finished runs are analysed, the
+    others are recorded as missing, nothing is trained or moved, and the report's Settings say so."""
+    import bilinear.reproduce as rp
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    args = ["--profile", "tiny", "--runs", str(runs), "--results", str(results), "--data-root", str(fixture_data_root)]
+    _profile(monkeypatch, {"mnist": {"runs": {"main": ["task=mnist"]}, "analyses": ["spectrum"]}})
+    rp.main([*args, "--reuse-only"])
+    st = json.loads((results / "status.json").read_text())["experiments"]["mnist"]
+    assert st["runs"]["main"] == "missing" and st["missing"] == ["main"] and not (runs / "tiny" / "mnist" / "main").exists()
+    rp.main(args)  # trains it
+    rp.main([*args, "--reuse-only"])
+    st = json.loads((results / "status.json").read_text())["experiments"]["mnist"]
+    assert st["runs"]["main"] == "reused" and not st.get("missing")
+    _profile(monkeypatch, {"mnist": {"runs": {"main": ["task=mnist"], "other": ["task=mnist", "seed=1"]},
+                                     "analyses": ["spectrum"]}})
+    rp.main([*args, "--reuse-only"])
+    report = (results / "REPORT.md").read_text()
+    assert "1 of the profile's runs not trained: other" in report and "partial grid" in report

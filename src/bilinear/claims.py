@@ -905,8 +905,16 @@ def settings(res: Results, experiments: tuple[str, ...]) -> str:
         order = lambda x: (isinstance(x, str), x)  # noqa: E731 - numbers in numeric order, before any text
         desc = ", ".join(f"{k} {next(iter(v))}" if len(v) == 1 else f"{k} {{{', '.join(map(str, sorted(v, key=order)))}}}"
                          for k, v in values.items())
-        out.append(f"{exp}: {len(runs)} run{'s' if len(runs) != 1 else ''} ({desc})")
+        missing = _missing(res, exp)
+        gap = f"; {len(missing)} of the profile's runs not trained: {', '.join(missing)}" if missing else ""
+        out.append(f"{exp}: {len(runs)} run{'s' if len(runs) != 1 else ''} ({desc}{gap})")
     return f"profile {res.profile}, scale {res.scale}" + ("; " + "; ".join(out) if out else "")
+
+
+def _missing(res: Results, exp: str) -> list[str]:
+    """Runs of the profile that ``reproduce --reuse-only`` found untrained (a profile split across sessions)."""
+    st = res.experiments.get(exp)
+    return list(st.get("missing", [])) if isinstance(st, dict) else []
 
 
 def _absent(res: Results, cid: str) -> Row:
@@ -938,5 +946,8 @@ def evaluate(res: Results) -> list[Row]:
             errors = [f"{e}: {err}" for e in TABLE[cid]["experiments"] for err in res.errors(e)]
             if errors:  # some runs or analyses of its experiments failed: the numbers above are from the rest
                 row.verdict = f"{row.verdict} (with errors: {'; '.join(errors)})"
+            missing = sum(len(_missing(res, e)) for e in TABLE[cid]["experiments"])
+            if missing:  # judged on the runs that exist; the verdict must not read as if the whole grid was there
+                row.verdict = f"{row.verdict} (on a partial grid: {missing} runs of the profile not trained; see Settings)"
         rows.append(row)
     return rows

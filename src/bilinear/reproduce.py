@@ -159,6 +159,7 @@ class Runner:
         self.children: set[subprocess.Popen] = set()
         self.lock = threading.Lock()
         self.stopping = False
+        self.reuse_only = False  # --reuse-only: analyse finished runs, train none
 
     def call(self, module: str, args: list[str], log_name: str) -> tuple[bool, str]:
         """Run ``python -m module args``; return (ok, the line that says what went wrong)."""
@@ -272,6 +273,13 @@ def run_experiment(exp_name: str, exp: DictConfig, scale: str, runner: Runner, e
         overrides = [resolve_refs(o, runner.runs_root) for o in overrides]
         args = [*overrides, f"scale={scale}", f"data_root={runner.data_root}", f"hydra.run.dir={run_dir}", "train.progress=false"]
         t_run = time.time()
+        if runner.reuse_only:  # --reuse-only: analyse what is finished, touch and train nothing
+            finished = checkpoint.is_complete(run_dir) and run_overrides(run_dir) == comparable([*overrides, f"scale={scale}"])
+            if not finished:
+                st["runs"][name] = "missing"
+                st.setdefault("missing", []).append(name)
+                progress.run_finished(name, "missing (not trained; --reuse-only)", 0.0)
+                continue
         action, extra = prepare_run(run_dir, [*overrides, f"scale={scale}"])
         if action == "reuse":
             st["runs"][name] = "reused"
@@ -348,9 +356,12 @@ def _lm_analyses(exp_name: str, key: str, spec: DictConfig, runner: Runner, exp_
 
 
 def reproduce(profile: str, results_dir: Path, runs_root: Path, data_root: Path, only: list[str] | None = None,
-              jobs: int = 1) -> Path:
+              jobs: int = 1, reuse_only: bool = False) -> Path:
     """Run a profile's experiments, ``jobs`` at a time (each process then gets one torch thread, since more
-    threads than free cores makes torch spin against itself), then write results/ and the report."""
+    threads than free cores makes torch spin against itself), then write results/ and the report.
+
+    ``reuse_only``: train nothing; analyse the runs that are finished and record the others as missing (for a
+    profile whose training is split across machines or sessions; the report lists what is missing)."""
     spec = load_profile(profile)
     unknown = sorted(set(only or []) - set(spec.experiments))
     if unknown:
@@ -358,6 +369,7 @@ def reproduce(profile: str, results_dir: Path, runs_root: Path, data_root: Path,
                           f"(it has {', '.join(spec.experiments)})")
     runs_root = runs_root / profile
     runner = Runner(runs_root, data_root, runs_root / "logs")
+    runner.reuse_only = reuse_only
     if jobs > 1:
         runner.env["OMP_NUM_THREADS"] = "1"
     names = [n for n in spec.experiments if not only or n in only]
@@ -431,9 +443,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-root", type=Path, default=Path("data"))
     p.add_argument("--only", nargs="*", help="run only these experiments")
     p.add_argument("--jobs", type=int, default=1, help="experiments run at once, each process with one torch thread")
+    p.add_argument("--reuse-only", action="store_true",
+                   help="train nothing: analyse the finished runs, record the others as missing")
     a = p.parse_args(argv)
     results = a.results or (Path("results") if a.profile == "cpu" else Path("results") / a.profile)
-    report = run_command(lambda: reproduce(a.profile, results, a.runs, a.data_root, a.only, a.jobs))
+    report = run_command(lambda: reproduce(a.profile, results, a.runs, a.data_root, a.only, a.jobs, a.reuse_only))
     print(report)
     failed = failures(results, a.only or None)
     if failed:  # the report says what failed; the exit status must say it too, for make and schedulers
