@@ -387,3 +387,20 @@ def test_language_claims_judge_each_track_on_its_own(tmp_path):
     m = {"layer": 0, "pair": [1, 2], "decoder_cosine": -0.9, "n_rule_positions": {"pos": 0, "neg": 0},
          "tied_to_rule": {"tied": False, "output_types": ["mixed", "mixed"]}}
     assert verdict("C12", results(tmp_path / "t", {"text_sae/layer0/analysis/metrics.json": {"negation": m}})).startswith("not judged")
+
+
+def test_similarity_view_beside_c7_reads_the_weight_cosines(tmp_path):
+    """Issue 17: the weight-only seed similarity is reported beside C7, with the eigenvector |cos| of the same size."""
+    import json as _json
+
+    from bilinear.claims import Results, similarity_view
+
+    (tmp_path / "consistency" / "analysis").mkdir(parents=True)
+    (tmp_path / "status.json").write_text(_json.dumps({"profile": "tiny", "scale": "tiny", "experiments": {"consistency": {}}}))
+    sim = {"seed_pair_by_value": {"30": 0.789, "50": 0.838},
+           "eigenvector_cosines_between_seeds": {"d_hidden=30": {"top1": 0.58, "top_positive": 0.78}}}
+    (tmp_path / "consistency" / "analysis" / "metrics.json").write_text(_json.dumps({"similarity": sim}))
+    [note] = similarity_view(Results(tmp_path), "consistency")
+    assert "30: 0.789 (eigenvector |cos|: top by |λ| 0.58, top positive 0.78)" in note and "50: 0.838" in note
+    (tmp_path / "consistency" / "analysis" / "metrics.json").write_text("{}")
+    assert similarity_view(Results(tmp_path), "consistency") == []

@@ -432,9 +432,28 @@ def consistency_claim(res: Results) -> Row | None:
             notes.append(f"At d_hidden {', '.join(explained)} order swaps account for more than {th['swap_gain']:g} of the "
                          "shortfall of the index-matched number.")
     notes.append(f"Band: {100 * m['confidence']:.0f}% bootstrap CI of the mean over distinct seed pairs.")
+    notes += similarity_view(res, "consistency")
     fig = res.figure("consistency", "analysis", "consistency", "consistency.png")
+    sim_fig = res.figure("consistency", "analysis", "similarity", "similarity.png")
     return Row("C7", f"top-eigenvector |cos| between seeds {lo:g}–{hi:g}, rising with width", ours, v,
-               figures=[fig] if fig else [], notes=" ".join(notes))
+               figures=[f for f in (fig, sim_fig) if f], notes=" ".join(notes))
+
+
+def similarity_view(res: Results, exp: str) -> list[str]:
+    """Beyond the paper (issue 17): the data-free view of the same question, the cosine between the runs' whole
+    symmetric input-space tensors (weights only). Reported beside a claim, never part of its verdict."""
+    sim = (res.analysis(exp, None) or {}).get("similarity")
+    if not sim or not sim.get("seed_pair_by_value"):
+        return []
+    eig = sim.get("eigenvector_cosines_between_seeds") or {}
+    parts = []
+    for value, cos in sim["seed_pair_by_value"].items():
+        e = next((g for label, g in eig.items() if label.split("=")[-1] == value or label == value), None)
+        extra = (f" (eigenvector |cos|: top by |λ| {e['top1']:.2f}, top positive {e['top_positive']:.2f})"
+                 if isinstance(e, dict) and "top1" in e and "top_positive" in e else "")
+        parts.append(f"{value}: {cos:.3f}{extra}")
+    return ["Beyond the paper, from the weights alone (no data): the cosine between seeds' whole bilinear tensors in "
+            "pixel space, by size, " + "; ".join(parts) + "."]
 
 
 @verdict("C8")
