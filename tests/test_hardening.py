@@ -397,3 +397,13 @@ def test_reproduce_reuse_only_trains_nothing_and_lists_what_is_missing(fixture_d
     rp.main([*args, "--reuse-only"])
     report = (results / "REPORT.md").read_text()
     assert "1 of the profile's runs not trained: other" in report and "partial grid" in report
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_atomic_writes_take_the_users_umask(tmp_path, umask, mode):
+    """mkstemp creates 0600 files whatever the umask, so collaborators could not read a shared run."""
+    target = tmp_path / "m.json"
+    code = (f"import os; os.umask({umask}); from bilinear import checkpoint; "
+            f"checkpoint.write_json(r'{target}', {{'a': 1}})")
+    subprocess.run([os.sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert target.stat().st_mode & 0o777 == mode
