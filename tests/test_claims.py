@@ -404,3 +404,17 @@ def test_similarity_view_beside_c7_reads_the_weight_cosines(tmp_path):
     assert "30: 0.789 (eigenvector |cos|: top by |λ| 0.58, top positive 0.78)" in note and "50: 0.838" in note
     (tmp_path / "consistency" / "analysis" / "metrics.json").write_text("{}")
     assert similarity_view(Results(tmp_path), "consistency") == []
+
+
+def test_a_claim_whose_experiment_is_in_the_profile_but_not_yet_run_says_so(tmp_path):
+    import json as _json
+
+    from bilinear.claims import Results, evaluate
+
+    (tmp_path / "status.json").write_text(_json.dumps({"profile": "paper", "scale": "paper", "experiments": {}}))
+    (tmp_path / "profile.yaml").write_text("scale: paper\nexperiments:\n  mnist: {}\n  fmnist: {}\n")
+    row = next(r for r in evaluate(Results(tmp_path)) if r.claim == "C2")
+    assert row.verdict.startswith("not run yet: mnist, fmnist")
+    (tmp_path / "profile.yaml").write_text("scale: paper\nexperiments:\n  casper: {}\n")
+    row = next(r for r in evaluate(Results(tmp_path)) if r.claim == "C2")
+    assert row.verdict == "not run in this profile"

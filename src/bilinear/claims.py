@@ -930,6 +930,17 @@ def settings(res: Results, experiments: tuple[str, ...]) -> str:
     return f"profile {res.profile}, scale {res.scale}" + ("; " + "; ".join(out) if out else "")
 
 
+def _profile_experiments(res: Results) -> list[str]:
+    """Experiment names of the profile.yaml copied beside the results (empty when absent)."""
+    try:
+        import yaml
+
+        spec = yaml.safe_load((res.root / "profile.yaml").read_text()) or {}
+    except (OSError, ValueError):
+        return []
+    return list((spec.get("experiments") or {}).keys()) if isinstance(spec, dict) else []
+
+
 def _missing(res: Results, exp: str) -> list[str]:
     """Runs of the profile that ``reproduce --reuse-only`` found untrained (a profile split across sessions)."""
     st = res.experiments.get(exp)
@@ -946,6 +957,10 @@ def _absent(res: Results, cid: str) -> Row:
     if cid not in VERDICTS:
         return Row(cid, "", "—", "not implemented yet")
     ran = [e for e in exps if e in res.experiments]
+    planned = [e for e in exps if e in _profile_experiments(res)]
+    if planned and not ran and not (res.profile == "paper" and TABLE[cid].get("needs")):
+        return Row(cid, "", "—", f"not run yet: {', '.join(planned)} {'is' if len(planned) == 1 else 'are'} in this "
+                                 "profile but not run yet (a profile is built in parts with reproduce --only)")
     if res.profile == "paper" and TABLE[cid].get("needs") and not ran:
         return Row(cid, "", "—", f"not run: the paper-scale experiment needs {TABLE[cid]['needs']}, which this machine lacks")
     return Row(cid, "", "—", "not run in this profile" if not ran else "no metrics (see the runs table)")
