@@ -331,10 +331,15 @@ def noise_claim(res: Results) -> Row | None:
         f = res.figure("overfitting", run, "analysis", "overfitting", "overfitting.png")
         if f:
             figs.append(f)
-    return Row("C5", paper("C5")["text"], ours, v, figures=figs,
+    sim = (res.analysis("overfitting", None) or {}).get("similarity") or {}
+    sim_fig = res.figure("overfitting", "analysis", "similarity", "similarity.png")
+    sim_note = (f" Beyond the paper, from the weights alone: the figure's last panel gives each grid run's tensor cosine "
+                f"with {sim['reference']} (the most regularised cell), a data-free view of how far wd and noise move the "
+                "function." if sim.get("reference") and sim_fig else "")
+    return Row("C5", paper("C5")["text"], ours, v, figures=figs + ([sim_fig] if sim_fig else []),
                notes="Input noise is an absolute per-pixel std on [0, 1] pixels. Rarely-on pixels: mean training "
                      "intensity < 0.01. Pixel counts and masses are means over classes of the top-5 eigenvectors by |λ|. "
-                     f"Reproduced when both fall and both Spearman correlations with noise are ≤ {lim:g}.")
+                     f"Reproduced when both fall and both Spearman correlations with noise are ≤ {lim:g}." + sim_note)
 
 
 @verdict("C6")
