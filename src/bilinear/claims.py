@@ -333,7 +333,7 @@ def noise_claim(res: Results) -> Row | None:
             figs.append(f)
     sim = (res.analysis("overfitting", None) or {}).get("similarity") or {}
     sim_fig = res.figure("overfitting", "analysis", "similarity", "similarity.png")
-    sim_note = (f" Beyond the paper, from the weights alone: the figure's last panel gives each grid run's tensor cosine "
+    sim_note = (f" Beyond the paper, from the weights alone: the similarity figure's middle panel gives each grid cell's tensor cosine "
                 f"with {sim['reference']} (the most regularised cell), a data-free view of how far wd and noise move the "
                 "function." if sim.get("reference") and sim_fig else "")
     return Row("C5", paper("C5")["text"], ours, v, figures=figs + ([sim_fig] if sim_fig else []),
