@@ -452,7 +452,8 @@ def similarity_view(res: Results, exp: str) -> list[str]:
         return []
     eig = sim.get("eigenvector_cosines_between_seeds") or {}
     parts = []
-    for value, cos in sim["seed_pair_by_value"].items():
+    numeric = lambda k: (0, float(k), "") if k.replace(".", "", 1).lstrip("-").isdigit() else (1, 0.0, k)  # noqa: E731
+    for value, cos in sorted(sim["seed_pair_by_value"].items(), key=lambda kv: numeric(kv[0])):
         e = next((g for label, g in eig.items() if label.split("=")[-1] == value or label == value), None)
         extra = (f" (eigenvector |cos|: top by |λ| {e['top1']:.2f}, top positive {e['top_positive']:.2f})"
                  if isinstance(e, dict) and "top1" in e and "top_positive" in e else "")
