@@ -418,3 +418,19 @@ def test_a_claim_whose_experiment_is_in_the_profile_but_not_yet_run_says_so(tmp_
     (tmp_path / "profile.yaml").write_text("scale: paper\nexperiments:\n  casper: {}\n")
     row = next(r for r in evaluate(Results(tmp_path)) if r.claim == "C2")
     assert row.verdict == "not run in this profile"
+
+
+def test_c1_does_not_count_a_nested_profiles_checks(tmp_path):
+    """results/paper/ sits inside results/: the cpu report's C1 must not count the paper profile's decompositions."""
+    import json as _json
+
+    from bilinear.claims import Results
+
+    check = {"run": "x", "rel_error": 1e-7, "max_abs_error": 1e-6, "tol": 1e-4, "passed": True}
+    for root in (tmp_path, tmp_path / "paper"):
+        (root / "mnist" / "main" / "analysis").mkdir(parents=True)
+        (root / "status.json").write_text(_json.dumps({"profile": "p", "scale": "s", "experiments": {}}))
+        (root / "mnist" / "main" / "analysis" / "metrics.json").write_text(
+            _json.dumps({"exactness_checks": {f"{root.name}: logits": {**check, "run": str(root / "mnist" / "main")}}}))
+    assert len(Results(tmp_path).exactness_checks()) == 1
+    assert len(Results(tmp_path / "paper").exactness_checks()) == 1

@@ -111,7 +111,11 @@ class Results:
         (no ``exactness_checks`` key) contribute their stored numbers, which were only ever written on a pass.
         """
         seen: dict[tuple[str, str], dict] = {}
+        # another profile's results nested below this one (results/paper/ under results/) are its own report's
+        nested = [p.parent for p in self.root.glob("*/**/status.json")]
         for path in sorted(self.root.glob("**/analysis/metrics.json")):
+            if any(n in path.parents for n in nested):
+                continue
             m = json.loads(path.read_text())
             where = str(path.parent.parent.relative_to(self.root))
             checks = m.get("exactness_checks")
