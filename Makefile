@@ -33,6 +33,7 @@ bench: install
 	$(PY) scripts/bench_decompose.py
 	$(PY) scripts/bench_lm.py
 	$(PY) scripts/bench_sae_features.py
+	$(PY) scripts/bench_similarity.py
 
 clean:
 	rm -rf runs outputs multirun .pytest_cache
