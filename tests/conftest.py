@@ -59,3 +59,13 @@ def tiny_mnist_run(fixture_data_root, tmp_path_factory) -> Path:
     run_cli("train", "task=mnist", "scale=tiny", f"data_root={fixture_data_root}", f"hydra.run.dir={run_dir}",
             "train.progress=false")
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def lm_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A finished scale=tiny stories LM run and its data root, made through the CLI (shared by the SAE and
+    hardening tests; tests that change it work on copies)."""
+    root = tmp_path_factory.mktemp("lmdata")
+    run = tmp_path_factory.mktemp("runs") / "lm"
+    run_cli("train", "task=stories", "scale=tiny", f"data_root={root}", f"hydra.run.dir={run}", "train.progress=false")
+    return run, root

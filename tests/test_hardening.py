@@ -63,14 +63,6 @@ def _one_line_error(p: subprocess.CompletedProcess, *needles: str) -> None:
         assert n in errors[0], errors[0]
 
 
-@pytest.fixture(scope="module")
-def lm_run(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("lmdata")
-    run = tmp_path_factory.mktemp("runs") / "lm"
-    run_cli("train", "task=stories", "scale=tiny", f"data_root={root}", f"hydra.run.dir={run}", "train.progress=false")
-    return run, root
-
-
 @pytest.mark.parametrize("which", [0, 1, 2])
 def test_crafted_image_run_runs_no_code_in_analyze(tiny_mnist_run, tmp_path, which):
     marker = tmp_path / "PWNED"

@@ -156,14 +156,6 @@ def test_run_references_resolve_and_order_experiments(tmp_path):
 
 
 # --- the commands end to end on a tiny stories LM ---------------------------------------------------
-@pytest.fixture(scope="module")
-def lm_run(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("saedata")
-    run = tmp_path_factory.mktemp("runs") / "lm"
-    run_cli("train", "task=stories", "scale=tiny", f"data_root={root}", f"hydra.run.dir={run}", "train.progress=false")
-    return run, root
-
-
 def _sae(lm: Path, root: Path, out: Path, *overrides: str, check: bool = True):
     return run_cli("train", "task=sae", "scale=tiny", f"lm={lm}", f"data_root={root}", f"hydra.run.dir={out}",
                    "train.progress=false", *overrides, check=check)
